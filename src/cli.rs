@@ -71,13 +71,22 @@ pub struct ServeArgs {
     #[arg(long, default_value = "0.0.0.0:8443", env = "GRACEGATE_LISTEN")]
     pub listen: SocketAddr,
     /// PEM certificate chain of the webhook (reloaded when it changes).
-    #[arg(long, requires = "tls_key", conflicts_with = "dev_certs", env = "GRACEGATE_TLS_CERT")]
+    #[arg(
+        long,
+        requires = "tls_key",
+        conflicts_with = "dev_certs",
+        env = "GRACEGATE_TLS_CERT"
+    )]
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of the webhook (reloaded when it changes).
     #[arg(long, requires = "tls_cert", env = "GRACEGATE_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
     /// Create a CA and serving certificate in this folder when missing, and use them.
-    #[arg(long, required_unless_present = "tls_cert", env = "GRACEGATE_DEV_CERTS")]
+    #[arg(
+        long,
+        required_unless_present = "tls_cert",
+        env = "GRACEGATE_DEV_CERTS"
+    )]
     pub dev_certs: Option<PathBuf>,
     /// Address of the Prometheus metrics listener (plain HTTP).
     #[arg(long, default_value = "0.0.0.0:9090", env = "GRACEGATE_METRICS_LISTEN")]

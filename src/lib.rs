@@ -15,3 +15,4 @@ pub mod selector;
 pub mod server;
 pub mod telemetry;
 pub mod view;
+pub mod yaml;

@@ -62,7 +62,10 @@ pub struct PatchBuilder<'a> {
 impl<'a> PatchBuilder<'a> {
     /// A builder for patches of `document`.
     pub fn new(document: &'a Value) -> Self {
-        Self { document, operations: Vec::new() }
+        Self {
+            document,
+            operations: Vec::new(),
+        }
     }
 
     /// Sets `value` at `path`, creating missing (or `null`) parents: `add` when the member is
@@ -71,7 +74,9 @@ impl<'a> PatchBuilder<'a> {
         let mut node = self.document;
         for (depth, step) in path.iter().enumerate() {
             let child = match (*step, node) {
-                (Step::Key(key), Value::Object(map)) => map.get(key).filter(|child| !child.is_null()),
+                (Step::Key(key), Value::Object(map)) => {
+                    map.get(key).filter(|child| !child.is_null())
+                }
                 (Step::Index(index), Value::Array(items)) => items.get(index),
                 (_, _) => {
                     return Err(PathError {
@@ -99,7 +104,11 @@ impl<'a> PatchBuilder<'a> {
                 }
             }
         }
-        self.operations.push(PatchOperation::Replace(ReplaceOperation { path: pointer(path), value }));
+        self.operations
+            .push(PatchOperation::Replace(ReplaceOperation {
+                path: pointer(path),
+                value,
+            }));
         Ok(())
     }
 
@@ -108,16 +117,19 @@ impl<'a> PatchBuilder<'a> {
         if values.is_empty() {
             return Ok(());
         }
-        let existing = path.iter().try_fold(self.document, |node, step| match *step {
-            Step::Key(key) => node.get(key),
-            Step::Index(index) => node.get(index),
-        });
+        let existing = path
+            .iter()
+            .try_fold(self.document, |node, step| match *step {
+                Step::Key(key) => node.get(key),
+                Step::Index(index) => node.get(index),
+            });
         match existing {
             Some(Value::Array(_)) => {
                 for value in values {
                     let mut path = pointer(path);
                     path.push_back(Token::new("-"));
-                    self.operations.push(PatchOperation::Add(AddOperation { path, value }));
+                    self.operations
+                        .push(PatchOperation::Add(AddOperation { path, value }));
                 }
                 Ok(())
             }
@@ -174,31 +186,66 @@ mod tests {
         let pod = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a"}]}});
         let mut builder = PatchBuilder::new(&pod);
         builder
-            .set(&["metadata".into(), "annotations".into(), "gracegate.io/mutated".into()], json!("x"))
+            .set(
+                &[
+                    "metadata".into(),
+                    "annotations".into(),
+                    "gracegate.io/mutated".into(),
+                ],
+                json!("x"),
+            )
             .unwrap();
         builder
-            .set(&["spec".into(), "containers".into(), 0.into(), "lifecycle".into(), "preStop".into()], json!({"sleep": {"seconds": 5}}))
+            .set(
+                &[
+                    "spec".into(),
+                    "containers".into(),
+                    0.into(),
+                    "lifecycle".into(),
+                    "preStop".into(),
+                ],
+                json!({"sleep": {"seconds": 5}}),
+            )
             .unwrap();
         let patch = builder.finish();
         let text = serde_json::to_string(&patch).unwrap();
         assert!(text.contains(r#""path":"/metadata/annotations""#), "{text}");
-        assert!(text.contains(r#""path":"/spec/containers/0/lifecycle""#), "{text}");
+        assert!(
+            text.contains(r#""path":"/spec/containers/0/lifecycle""#),
+            "{text}"
+        );
         let out = applied(&pod, &patch);
         assert_eq!(out["metadata"]["annotations"]["gracegate.io/mutated"], "x");
-        assert_eq!(out["spec"]["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"], 5);
+        assert_eq!(
+            out["spec"]["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"],
+            5
+        );
     }
 
     #[test]
     fn escapes_tilde_and_slash_in_existing_parents() {
         let pod = json!({"metadata": {"annotations": {"a~b/c": "1"}}});
         let mut builder = PatchBuilder::new(&pod);
-        builder.set(&["metadata".into(), "annotations".into(), "x~y/z".into()], json!("2")).unwrap();
-        builder.set(&["metadata".into(), "annotations".into(), "a~b/c".into()], json!("3")).unwrap();
+        builder
+            .set(
+                &["metadata".into(), "annotations".into(), "x~y/z".into()],
+                json!("2"),
+            )
+            .unwrap();
+        builder
+            .set(
+                &["metadata".into(), "annotations".into(), "a~b/c".into()],
+                json!("3"),
+            )
+            .unwrap();
         let patch = builder.finish();
         assert_eq!(patch[0].path().as_str(), "/metadata/annotations/x~0y~1z");
         assert!(matches!(patch[1], PatchOperation::Replace(_)));
         let out = applied(&pod, &patch);
-        assert_eq!(out["metadata"]["annotations"], json!({"a~b/c": "3", "x~y/z": "2"}));
+        assert_eq!(
+            out["metadata"]["annotations"],
+            json!({"a~b/c": "3", "x~y/z": "2"})
+        );
     }
 
     #[test]
@@ -206,10 +253,22 @@ mod tests {
         let pod = json!({"spec": {"containers": [{"name": "a", "lifecycle": null}]}});
         let mut builder = PatchBuilder::new(&pod);
         builder
-            .set(&["spec".into(), "containers".into(), 0.into(), "lifecycle".into(), "preStop".into()], json!({}))
+            .set(
+                &[
+                    "spec".into(),
+                    "containers".into(),
+                    0.into(),
+                    "lifecycle".into(),
+                    "preStop".into(),
+                ],
+                json!({}),
+            )
             .unwrap();
         let out = applied(&pod, &builder.finish());
-        assert_eq!(out["spec"]["containers"][0]["lifecycle"], json!({"preStop": {}}));
+        assert_eq!(
+            out["spec"]["containers"][0]["lifecycle"],
+            json!({"preStop": {}})
+        );
     }
 
     #[test]
@@ -219,7 +278,10 @@ mod tests {
         for pod in [without, with] {
             let mut builder = PatchBuilder::new(&pod);
             builder
-                .append(&["spec".into(), "readinessGates".into()], vec![json!({"conditionType": "b"}), json!({"conditionType": "c"})])
+                .append(
+                    &["spec".into(), "readinessGates".into()],
+                    vec![json!({"conditionType": "b"}), json!({"conditionType": "c"})],
+                )
                 .unwrap();
             let out = applied(&pod, &builder.finish());
             let gates = out["spec"]["readinessGates"].as_array().unwrap();
@@ -231,7 +293,12 @@ mod tests {
     fn non_object_parent_is_an_error() {
         let pod = json!({"metadata": {"annotations": "oops"}});
         let mut builder = PatchBuilder::new(&pod);
-        let error = builder.set(&["metadata".into(), "annotations".into(), "k".into()], json!("v")).unwrap_err();
+        let error = builder
+            .set(
+                &["metadata".into(), "annotations".into(), "k".into()],
+                json!("v"),
+            )
+            .unwrap_err();
         assert_eq!(error.path, "/metadata/annotations");
     }
 
@@ -239,8 +306,16 @@ mod tests {
     fn prefixing_keeps_escapes() {
         let pod = json!({"metadata": {}});
         let mut builder = PatchBuilder::new(&pod);
-        builder.set(&["metadata".into(), "annotations".into()], json!({"a/b": "c"})).unwrap();
+        builder
+            .set(
+                &["metadata".into(), "annotations".into()],
+                json!({"a/b": "c"}),
+            )
+            .unwrap();
         let patch = prefixed(&builder.finish(), &["spec", "template"]);
-        assert_eq!(patch[0].path().as_str(), "/spec/template/metadata/annotations");
+        assert_eq!(
+            patch[0].path().as_str(),
+            "/spec/template/metadata/annotations"
+        );
     }
 }

@@ -13,7 +13,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::selector;
+use crate::{selector, yaml};
 
 /// API group and version of the resource.
 pub const API_VERSION: &str = "gracegate.io/v1alpha1";
@@ -45,7 +45,9 @@ pub enum PolicyError {
         source: serde_json::Error,
     },
     /// The document is not a `gracegate.io/v1alpha1` `GracePolicy`.
-    #[error("policy {name}: expected apiVersion {API_VERSION} and kind {KIND}, got {api_version} {kind}")]
+    #[error(
+        "policy {name}: expected apiVersion {API_VERSION} and kind {KIND}, got {api_version} {kind}"
+    )]
     WrongType {
         /// Name of the policy, or `<unnamed>`.
         name: String,
@@ -199,7 +201,9 @@ impl ProbePort {
         if is_port_name(text) {
             Ok(Self::Name(text.to_owned()))
         } else {
-            Err(format!("{text:?} is neither Auto, a port number nor a port name"))
+            Err(format!(
+                "{text:?} is neither Auto, a port number nor a port name"
+            ))
         }
     }
 }
@@ -343,9 +347,8 @@ impl GracePolicy {
     /// The built-in policy (SPEC §2).
     pub fn builtin() -> Self {
         // The embedded document is checked by a unit test, so this cannot fail at run time.
-        Self::from_value(default_document()).unwrap_or_else(|error| {
-            unreachable!("the embedded default policy is invalid: {error}")
-        })
+        Self::from_value(default_document())
+            .unwrap_or_else(|error| unreachable!("the embedded default policy is invalid: {error}"))
     }
 
     /// Reads a policy from a parsed YAML or JSON document, filling what it leaves out with
@@ -356,7 +359,10 @@ impl GracePolicy {
             .and_then(Value::as_str)
             .unwrap_or("<unnamed>")
             .to_owned();
-        let api_version = document.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+        let api_version = document
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         let kind = document.get("kind").and_then(Value::as_str).unwrap_or("");
         if api_version != API_VERSION || kind != KIND {
             return Err(PolicyError::WrongType {
@@ -377,17 +383,15 @@ impl GracePolicy {
 
     /// Reads every `GracePolicy` in a multi-document YAML text.
     pub fn from_yaml_documents(text: &str) -> Result<Vec<Self>, PolicyError> {
-        let mut policies = Vec::new();
-        for document in serde_norway::Deserializer::from_str(text) {
-            let value = Value::deserialize(document).map_err(|error| PolicyError::Parse {
-                name: "<unnamed>".to_owned(),
-                source: serde::de::Error::custom(error),
-            })?;
-            if !value.is_null() {
-                policies.push(Self::from_value(value)?);
-            }
-        }
-        Ok(policies)
+        let documents = yaml::parse_documents(text).map_err(|error| PolicyError::Parse {
+            name: "<unnamed>".to_owned(),
+            source: serde::de::Error::custom(error),
+        })?;
+        documents
+            .into_iter()
+            .filter(|document| !document.value.is_null())
+            .map(|document| Self::from_value(document.value))
+            .collect()
     }
 
     /// The policy's name.
@@ -407,13 +411,21 @@ impl GracePolicy {
                 problems.push(format!("{field} must be between 0 and {max}, got {value}"));
             }
         };
-        seconds("spec.preStop.seconds", spec.pre_stop.seconds, MAX_PRESTOP_SECONDS);
+        seconds(
+            "spec.preStop.seconds",
+            spec.pre_stop.seconds,
+            MAX_PRESTOP_SECONDS,
+        );
         seconds(
             "spec.readinessGates.alb.preStopSeconds",
             spec.readiness_gates.alb.pre_stop_seconds,
             MAX_PRESTOP_SECONDS,
         );
-        seconds("spec.shutdown.seconds", spec.shutdown.seconds, MAX_SHUTDOWN_SECONDS);
+        seconds(
+            "spec.shutdown.seconds",
+            spec.shutdown.seconds,
+            MAX_SHUTDOWN_SECONDS,
+        );
         for (kind, probe) in [
             ("readiness", &spec.probes.readiness),
             ("startup", &spec.probes.startup),
@@ -430,7 +442,10 @@ impl GracePolicy {
                 }
             }
             if !probe.path.is_empty() && !probe.path.starts_with('/') {
-                problems.push(format!("{field}.path must start with /, got {:?}", probe.path));
+                problems.push(format!(
+                    "{field}.path must start with /, got {:?}",
+                    probe.path
+                ));
             }
             if probe.handler == ProbeHandler::HttpGet && probe.path.is_empty() {
                 problems.push(format!("{field}.handler HTTPGet needs a path"));
@@ -447,15 +462,21 @@ impl GracePolicy {
         if problems.is_empty() {
             Ok(())
         } else {
-            Err(PolicyError::Invalid { name: self.metadata.name.clone(), problems })
+            Err(PolicyError::Invalid {
+                name: self.metadata.name.clone(),
+                problems,
+            })
         }
     }
 }
 
 /// The embedded default policy as a JSON value.
 fn default_document() -> Value {
-    serde_norway::from_str(DEFAULT_POLICY_YAML)
-        .unwrap_or_else(|error| unreachable!("the embedded default policy is not YAML: {error}"))
+    yaml::parse_documents(DEFAULT_POLICY_YAML)
+        .ok()
+        .and_then(|documents| documents.into_iter().next())
+        .map(|document| document.value)
+        .unwrap_or_else(|| unreachable!("the embedded default policy is not YAML"))
 }
 
 /// Fields replaced whole rather than merged: a selector means what it says, not what it says
@@ -508,7 +529,9 @@ pub fn check_condition_type(value: &str) -> Result<(), String> {
             && prefix.split('.').all(|label| {
                 !label.is_empty()
                     && label.len() <= 63
-                    && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                     && !label.starts_with('-')
                     && !label.ends_with('-')
             });
@@ -538,7 +561,12 @@ pub struct Selected<'a> {
 impl PolicySet {
     /// Builds a set, refusing two policies of the same name.
     pub fn new(mut policies: Vec<GracePolicy>) -> Result<Self, PolicyError> {
-        policies.sort_by(|a, b| b.spec.priority.cmp(&a.spec.priority).then(a.name().cmp(b.name())));
+        policies.sort_by(|a, b| {
+            b.spec
+                .priority
+                .cmp(&a.spec.priority)
+                .then(a.name().cmp(b.name()))
+        });
         let mut names: Vec<&str> = policies.iter().map(GracePolicy::name).collect();
         names.sort_unstable();
         if let Some(pair) = names.windows(2).find(|pair| pair[0] == pair[1]) {
@@ -563,7 +591,12 @@ impl PolicySet {
         let mut warning = None;
         if let Some(wanted) = namespace_labels.get(POLICY_LABEL) {
             match self.policies.iter().find(|policy| policy.name() == wanted) {
-                Some(policy) => return Selected { policy, warning: None },
+                Some(policy) => {
+                    return Selected {
+                        policy,
+                        warning: None,
+                    };
+                }
                 None => warning = Some("the namespace's gracegate.io/policy names no GracePolicy"),
             }
         }
@@ -599,11 +632,35 @@ mod tests {
         assert_eq!(spec.shutdown.seconds, 20);
         assert_eq!(spec.probes.port, ProbePort::Auto);
         let r = &spec.probes.readiness;
-        assert_eq!((r.enabled, r.period_seconds, r.timeout_seconds, r.failure_threshold), (true, 5, 1, 3));
+        assert_eq!(
+            (
+                r.enabled,
+                r.period_seconds,
+                r.timeout_seconds,
+                r.failure_threshold
+            ),
+            (true, 5, 1, 3)
+        );
         let s = &spec.probes.startup;
-        assert_eq!((s.enabled, s.period_seconds, s.timeout_seconds, s.failure_threshold), (true, 2, 1, 60));
+        assert_eq!(
+            (
+                s.enabled,
+                s.period_seconds,
+                s.timeout_seconds,
+                s.failure_threshold
+            ),
+            (true, 2, 1, 60)
+        );
         let l = &spec.probes.liveness;
-        assert_eq!((l.enabled, l.period_seconds, l.timeout_seconds, l.failure_threshold), (false, 10, 1, 3));
+        assert_eq!(
+            (
+                l.enabled,
+                l.period_seconds,
+                l.timeout_seconds,
+                l.failure_threshold
+            ),
+            (false, 10, 1, 3)
+        );
         assert_eq!(spec.readiness_gates.alb.enabled, AlbGates::Auto);
         assert_eq!(spec.readiness_gates.alb.pre_stop_seconds, 30);
         assert!(spec.readiness_gates.extra.is_empty());
@@ -631,30 +688,67 @@ mod tests {
     #[test]
     fn invalid_values_are_named() {
         let table = [
-            (json!({"preStop": {"seconds": -1}}), "spec.preStop.seconds must be between 0 and 600, got -1"),
-            (json!({"preStop": {"seconds": 3601}}), "spec.preStop.seconds"),
-            (json!({"shutdown": {"seconds": -5}}), "spec.shutdown.seconds must be between 0 and 3600"),
-            (json!({"probes": {"readiness": {"handler": "Grpc"}}}), "unknown variant `Grpc`"),
-            (json!({"probes": {"startup": {"handler": "HTTPGet"}}}), "spec.probes.startup.handler HTTPGet needs a path"),
-            (json!({"probes": {"readiness": {"periodSeconds": 0}}}), "spec.probes.readiness.periodSeconds must be at least 1"),
-            (json!({"probes": {"liveness": {"path": "healthz"}}}), "spec.probes.liveness.path must start with /"),
-            (json!({"probes": {"port": 70000}}), "port 70000 is outside 1-65535"),
+            (
+                json!({"preStop": {"seconds": -1}}),
+                "spec.preStop.seconds must be between 0 and 600, got -1",
+            ),
+            (
+                json!({"preStop": {"seconds": 3601}}),
+                "spec.preStop.seconds",
+            ),
+            (
+                json!({"shutdown": {"seconds": -5}}),
+                "spec.shutdown.seconds must be between 0 and 3600",
+            ),
+            (
+                json!({"probes": {"readiness": {"handler": "Grpc"}}}),
+                "unknown variant `Grpc`",
+            ),
+            (
+                json!({"probes": {"startup": {"handler": "HTTPGet"}}}),
+                "spec.probes.startup.handler HTTPGet needs a path",
+            ),
+            (
+                json!({"probes": {"readiness": {"periodSeconds": 0}}}),
+                "spec.probes.readiness.periodSeconds must be at least 1",
+            ),
+            (
+                json!({"probes": {"liveness": {"path": "healthz"}}}),
+                "spec.probes.liveness.path must start with /",
+            ),
+            (
+                json!({"probes": {"port": 70000}}),
+                "port 70000 is outside 1-65535",
+            ),
             (json!({"probes": {"port": "Not_A_Port"}}), "neither Auto"),
             (json!({"mode": "Dry"}), "unknown variant `Dry`"),
-            (json!({"readinessGates": {"extra": ["bad gate"]}}), "spec.readinessGates.extra"),
-            (json!({"readinessGates": {"alb": {"enabled": "yes"}}}), "must be Auto, true or false"),
+            (
+                json!({"readinessGates": {"extra": ["bad gate"]}}),
+                "spec.readinessGates.extra",
+            ),
+            (
+                json!({"readinessGates": {"alb": {"enabled": "yes"}}}),
+                "must be Auto, true or false",
+            ),
             (json!({"preStp": {}}), "unknown field `preStp`"),
-            (json!({"namespaceSelector": {"matchExpressions": [{"key": "a", "operator": "In", "values": []}]}}), "needs values"),
+            (
+                json!({"namespaceSelector": {"matchExpressions": [{"key": "a", "operator": "In", "values": []}]}}),
+                "needs values",
+            ),
         ];
         for (spec, expected) in table {
             let error = policy(spec.clone()).unwrap_err().to_string();
-            assert!(error.contains(expected), "{spec}: {error} lacks {expected:?}");
+            assert!(
+                error.contains(expected),
+                "{spec}: {error} lacks {expected:?}"
+            );
         }
     }
 
     #[test]
     fn wrong_kind_is_refused() {
-        let error = GracePolicy::from_value(json!({"apiVersion": "v1", "kind": "ConfigMap"})).unwrap_err();
+        let error =
+            GracePolicy::from_value(json!({"apiVersion": "v1", "kind": "ConfigMap"})).unwrap_err();
         assert!(matches!(error, PolicyError::WrongType { .. }));
     }
 
@@ -676,13 +770,24 @@ mod tests {
         .unwrap();
         let builtin = GracePolicy::builtin();
         let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
-            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
         };
         let table = [
             (labels(&[("team", "a")]), "a-low", false),
             (labels(&[("team", "a"), ("tier", "web")]), "high", false),
-            (labels(&[("team", "a"), (POLICY_LABEL, "pinned")]), "pinned", false),
-            (labels(&[("team", "a"), (POLICY_LABEL, "missing")]), "a-low", true),
+            (
+                labels(&[("team", "a"), (POLICY_LABEL, "pinned")]),
+                "pinned",
+                false,
+            ),
+            (
+                labels(&[("team", "a"), (POLICY_LABEL, "missing")]),
+                "a-low",
+                true,
+            ),
             (labels(&[("other", "x")]), "default", false),
         ];
         for (ns, expected, warned) in table {
@@ -695,12 +800,17 @@ mod tests {
     #[test]
     fn duplicate_names_are_refused() {
         let p = GracePolicy::builtin();
-        assert!(matches!(PolicySet::new(vec![p.clone(), p]), Err(PolicyError::Duplicate(_))));
+        assert!(matches!(
+            PolicySet::new(vec![p.clone(), p]),
+            Err(PolicyError::Duplicate(_))
+        ));
     }
 
     #[test]
     fn condition_types() {
-        assert!(check_condition_type("target-health.elbv2.k8s.aws/k8s-default-web-0123456789").is_ok());
+        assert!(
+            check_condition_type("target-health.elbv2.k8s.aws/k8s-default-web-0123456789").is_ok()
+        );
         assert!(check_condition_type("example.com/ready").is_ok());
         assert!(check_condition_type("Ready").is_ok());
         assert!(check_condition_type(&format!("a.b/{}", "x".repeat(64))).is_err());

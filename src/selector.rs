@@ -23,7 +23,12 @@ pub fn validate(selector: &LabelSelector) -> Result<(), String> {
                 ));
             }
             "In" | "NotIn" | "Exists" | "DoesNotExist" => {}
-            other => return Err(format!("unknown operator {other:?} on key {:?}", expression.key)),
+            other => {
+                return Err(format!(
+                    "unknown operator {other:?} on key {:?}",
+                    expression.key
+                ));
+            }
         }
     }
     Ok(())
@@ -38,24 +43,34 @@ pub fn matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> b
         .flatten()
         .all(|(key, value)| labels.get(key) == Some(value));
     labels_match
-        && selector.match_expressions.iter().flatten().all(|expression| {
-            let values = expression.values.as_deref().unwrap_or_default();
-            let value = labels.get(&expression.key);
-            match expression.operator.as_str() {
-                "In" => value.is_some_and(|value| values.contains(value)),
-                "NotIn" => value.is_none_or(|value| !values.contains(value)),
-                "Exists" => value.is_some(),
-                "DoesNotExist" => value.is_none(),
-                _ => false,
-            }
-        })
+        && selector
+            .match_expressions
+            .iter()
+            .flatten()
+            .all(|expression| {
+                let values = expression.values.as_deref().unwrap_or_default();
+                let value = labels.get(&expression.key);
+                match expression.operator.as_str() {
+                    "In" => value.is_some_and(|value| values.contains(value)),
+                    "NotIn" => value.is_none_or(|value| !values.contains(value)),
+                    "Exists" => value.is_some(),
+                    "DoesNotExist" => value.is_none(),
+                    _ => false,
+                }
+            })
 }
 
 /// Whether every key/value of a Service-style equality `selector` is among `labels`.
 /// An empty selector selects nothing here: a Service without a selector has its endpoints
 /// managed by hand and says nothing about which pods are behind it.
-pub fn service_selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
-    !selector.is_empty() && selector.iter().all(|(key, value)| labels.get(key) == Some(value))
+pub fn service_selects(
+    selector: &BTreeMap<String, String>,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    !selector.is_empty()
+        && selector
+            .iter()
+            .all(|(key, value)| labels.get(key) == Some(value))
 }
 
 #[cfg(test)]
@@ -70,22 +85,54 @@ mod tests {
 
     #[test]
     fn table() {
-        let labels: BTreeMap<String, String> =
-            [("env", "prod"), ("tier", "web")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let labels: BTreeMap<String, String> = [("env", "prod"), ("tier", "web")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let table = [
             (json!({}), true),
             (json!({"matchLabels": {"env": "prod"}}), true),
             (json!({"matchLabels": {"env": "dev"}}), false),
-            (json!({"matchExpressions": [{"key": "env", "operator": "In", "values": ["dev", "prod"]}]}), true),
-            (json!({"matchExpressions": [{"key": "env", "operator": "In", "values": ["dev"]}]}), false),
-            (json!({"matchExpressions": [{"key": "env", "operator": "NotIn", "values": ["dev"]}]}), true),
-            (json!({"matchExpressions": [{"key": "absent", "operator": "NotIn", "values": ["x"]}]}), true),
-            (json!({"matchExpressions": [{"key": "tier", "operator": "Exists"}]}), true),
-            (json!({"matchExpressions": [{"key": "absent", "operator": "Exists"}]}), false),
-            (json!({"matchExpressions": [{"key": "absent", "operator": "DoesNotExist"}]}), true),
-            (json!({"matchExpressions": [{"key": "env", "operator": "DoesNotExist"}]}), false),
-            (json!({"matchLabels": {"env": "prod"}, "matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["web"]}]}), false),
-            (json!({"matchExpressions": [{"key": "env", "operator": "Like", "values": ["prod"]}]}), false),
+            (
+                json!({"matchExpressions": [{"key": "env", "operator": "In", "values": ["dev", "prod"]}]}),
+                true,
+            ),
+            (
+                json!({"matchExpressions": [{"key": "env", "operator": "In", "values": ["dev"]}]}),
+                false,
+            ),
+            (
+                json!({"matchExpressions": [{"key": "env", "operator": "NotIn", "values": ["dev"]}]}),
+                true,
+            ),
+            (
+                json!({"matchExpressions": [{"key": "absent", "operator": "NotIn", "values": ["x"]}]}),
+                true,
+            ),
+            (
+                json!({"matchExpressions": [{"key": "tier", "operator": "Exists"}]}),
+                true,
+            ),
+            (
+                json!({"matchExpressions": [{"key": "absent", "operator": "Exists"}]}),
+                false,
+            ),
+            (
+                json!({"matchExpressions": [{"key": "absent", "operator": "DoesNotExist"}]}),
+                true,
+            ),
+            (
+                json!({"matchExpressions": [{"key": "env", "operator": "DoesNotExist"}]}),
+                false,
+            ),
+            (
+                json!({"matchLabels": {"env": "prod"}, "matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["web"]}]}),
+                false,
+            ),
+            (
+                json!({"matchExpressions": [{"key": "env", "operator": "Like", "values": ["prod"]}]}),
+                false,
+            ),
         ];
         for (raw, expected) in table {
             assert_eq!(matches(&selector(raw.clone()), &labels), expected, "{raw}");
@@ -94,10 +141,30 @@ mod tests {
 
     #[test]
     fn validation() {
-        assert!(validate(&selector(json!({"matchExpressions": [{"key": "a", "operator": "Exists"}]}))).is_ok());
-        assert!(validate(&selector(json!({"matchExpressions": [{"key": "a", "operator": "In"}]}))).is_err());
-        assert!(validate(&selector(json!({"matchExpressions": [{"key": "a", "operator": "Exists", "values": ["x"]}]}))).is_err());
-        assert!(validate(&selector(json!({"matchExpressions": [{"key": "a", "operator": "Like", "values": ["x"]}]}))).is_err());
+        assert!(
+            validate(&selector(
+                json!({"matchExpressions": [{"key": "a", "operator": "Exists"}]})
+            ))
+            .is_ok()
+        );
+        assert!(
+            validate(&selector(
+                json!({"matchExpressions": [{"key": "a", "operator": "In"}]})
+            ))
+            .is_err()
+        );
+        assert!(
+            validate(&selector(
+                json!({"matchExpressions": [{"key": "a", "operator": "Exists", "values": ["x"]}]})
+            ))
+            .is_err()
+        );
+        assert!(
+            validate(&selector(
+                json!({"matchExpressions": [{"key": "a", "operator": "Like", "values": ["x"]}]})
+            ))
+            .is_err()
+        );
     }
 
     #[test]

@@ -86,8 +86,14 @@ impl BindingView {
     pub fn from_object(object: &Value) -> Option<Self> {
         Some(Self {
             name: object.pointer("/metadata/name")?.as_str()?.to_owned(),
-            service_name: object.pointer("/spec/serviceRef/name")?.as_str()?.to_owned(),
-            target_type: object.pointer("/spec/targetType").and_then(Value::as_str).map(str::to_owned),
+            service_name: object
+                .pointer("/spec/serviceRef/name")?
+                .as_str()?
+                .to_owned(),
+            target_type: object
+                .pointer("/spec/targetType")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
         })
     }
 }
@@ -101,7 +107,10 @@ pub struct AlbObjects {
     pub bindings: Vec<BindingView>,
 }
 
-static NO_ALB_OBJECTS: AlbObjects = AlbObjects { services: Vec::new(), bindings: Vec::new() };
+static NO_ALB_OBJECTS: AlbObjects = AlbObjects {
+    services: Vec::new(),
+    bindings: Vec::new(),
+};
 
 /// Everything the engine may consult, for every namespace.
 #[derive(Clone, Debug)]

@@ -27,7 +27,12 @@ pub(crate) struct GatePlan {
 }
 
 /// Works out the gates for a pod.
-pub(crate) fn plan(spec: &Value, labels: Option<&Value>, context: &Context<'_>, warnings: &mut Warnings) -> GatePlan {
+pub(crate) fn plan(
+    spec: &Value,
+    labels: Option<&Value>,
+    context: &Context<'_>,
+    warnings: &mut Warnings,
+) -> GatePlan {
     let existing: Vec<&str> = spec
         .get("readinessGates")
         .and_then(Value::as_array)
@@ -41,7 +46,9 @@ pub(crate) fn plan(spec: &Value, labels: Option<&Value>, context: &Context<'_>, 
         match context.alb {
             AlbLookup::Unavailable(reason) => {
                 plan.lookup_failed = true;
-                warnings.push_fmt(format_args!("ALB gates not injected: lookup failed: {reason}"));
+                warnings.push_fmt(format_args!(
+                    "ALB gates not injected: lookup failed: {reason}"
+                ));
             }
             AlbLookup::Known(objects) => {
                 let labels = string_map(labels);
@@ -51,7 +58,8 @@ pub(crate) fn plan(spec: &Value, labels: Option<&Value>, context: &Context<'_>, 
                     .filter(|binding| binding.target_type.as_deref() == Some("ip"))
                     .filter(|binding| {
                         objects.services.iter().any(|service| {
-                            service.name == binding.service_name && service_selects(&service.selector, &labels)
+                            service.name == binding.service_name
+                                && service_selects(&service.selector, &labels)
                         })
                     })
                     .collect();
@@ -89,7 +97,9 @@ fn alb_enabled(context: &Context<'_>) -> bool {
         AlbGates::Never => false,
         AlbGates::Auto => {
             let labels = &context.namespace.labels;
-            [ALB_LABEL, AWS_ALB_LABEL].iter().any(|key| labels.get(*key).map(String::as_str) == Some("enabled"))
+            [ALB_LABEL, AWS_ALB_LABEL]
+                .iter()
+                .any(|key| labels.get(*key).map(String::as_str) == Some("enabled"))
         }
     }
 }

@@ -17,7 +17,11 @@ pub(crate) fn inject_prestop(
     builder: &mut PatchBuilder<'_>,
     changes: &mut Vec<Change>,
 ) -> Result<i64, EngineError> {
-    if let Some(own) = target.container.pointer("/lifecycle/preStop").filter(|hook| !hook.is_null()) {
+    if let Some(own) = target
+        .container
+        .pointer("/lifecycle/preStop")
+        .filter(|hook| !hook.is_null())
+    {
         return Ok(own_sleep_seconds(own).unwrap_or(0));
     }
     // A zero sleep is no sleep; and the API refuses `sleep: {seconds: 0}` before 1.32.
@@ -29,7 +33,16 @@ pub(crate) fn inject_prestop(
         PreStopStyle::Exec => json!({ "exec": { "command": ["sleep", seconds.to_string()] } }),
     };
     let [spec, list, index, _] = target.path("");
-    builder.set(&[spec, list, index, Step::Key("lifecycle"), Step::Key("preStop")], hook)?;
+    builder.set(
+        &[
+            spec,
+            list,
+            index,
+            Step::Key("lifecycle"),
+            Step::Key("preStop"),
+        ],
+        hook,
+    )?;
     changes.push(Change::PreStop(seconds));
     Ok(seconds)
 }
@@ -40,13 +53,25 @@ pub fn own_sleep_seconds(hook: &Value) -> Option<i64> {
     if let Some(seconds) = hook.pointer("/sleep/seconds") {
         return seconds.as_i64();
     }
-    let command: Vec<&str> =
-        hook.pointer("/exec/command")?.as_array()?.iter().map(Value::as_str).collect::<Option<_>>()?;
-    let is = |word: &str, names: &[&str]| names.iter().any(|name| word == *name || word.ends_with(&format!("/{name}")));
+    let command: Vec<&str> = hook
+        .pointer("/exec/command")?
+        .as_array()?
+        .iter()
+        .map(Value::as_str)
+        .collect::<Option<_>>()?;
+    let is = |word: &str, names: &[&str]| {
+        names
+            .iter()
+            .any(|name| word == *name || word.ends_with(&format!("/{name}")))
+    };
     match command.as_slice() {
         [sleep, duration] if is(sleep, &["sleep"]) => seconds_of(duration),
         [shell, "-c", script] if is(shell, &["sh", "bash", "ash", "dash"]) => {
-            let duration = script.trim().trim_end_matches(';').trim().strip_prefix("sleep ")?;
+            let duration = script
+                .trim()
+                .trim_end_matches(';')
+                .trim()
+                .strip_prefix("sleep ")?;
             seconds_of(duration.trim())
         }
         _ => None,
@@ -55,7 +80,11 @@ pub fn own_sleep_seconds(hook: &Value) -> Option<i64> {
 
 /// `10` or `10s`, as `sleep` reads them.
 fn seconds_of(text: &str) -> Option<i64> {
-    text.strip_suffix('s').unwrap_or(text).parse::<i64>().ok().filter(|seconds| *seconds >= 0)
+    text.strip_suffix('s')
+        .unwrap_or(text)
+        .parse::<i64>()
+        .ok()
+        .filter(|seconds| *seconds >= 0)
 }
 
 /// Raises `terminationGracePeriodSeconds` to `needed` when it is lower (an unset grace
@@ -68,13 +97,18 @@ pub(crate) fn raise_grace(
     let current = match spec.get("terminationGracePeriodSeconds") {
         None | Some(Value::Null) => None,
         Some(value) => Some(value.as_i64().ok_or_else(|| {
-            EngineError::Malformed("spec.terminationGracePeriodSeconds is not a whole number".to_owned())
+            EngineError::Malformed(
+                "spec.terminationGracePeriodSeconds is not a whole number".to_owned(),
+            )
         })?),
     };
     if needed <= current.unwrap_or(DEFAULT_GRACE_SECONDS) {
         return Ok(None);
     }
-    builder.set(&["spec".into(), "terminationGracePeriodSeconds".into()], json!(needed))?;
+    builder.set(
+        &["spec".into(), "terminationGracePeriodSeconds".into()],
+        json!(needed),
+    )?;
     Ok(Some((current, needed)))
 }
 
@@ -88,12 +122,24 @@ mod tests {
             (json!({"sleep": {"seconds": 15}}), Some(15)),
             (json!({"exec": {"command": ["sleep", "5"]}}), Some(5)),
             (json!({"exec": {"command": ["/bin/sleep", "7s"]}}), Some(7)),
-            (json!({"exec": {"command": ["sh", "-c", "sleep 20"]}}), Some(20)),
-            (json!({"exec": {"command": ["/bin/sh", "-c", " sleep 3; "]}}), Some(3)),
-            (json!({"exec": {"command": ["/bin/bash", "-c", "sleep 3 && kill 1"]}}), None),
+            (
+                json!({"exec": {"command": ["sh", "-c", "sleep 20"]}}),
+                Some(20),
+            ),
+            (
+                json!({"exec": {"command": ["/bin/sh", "-c", " sleep 3; "]}}),
+                Some(3),
+            ),
+            (
+                json!({"exec": {"command": ["/bin/bash", "-c", "sleep 3 && kill 1"]}}),
+                None,
+            ),
             (json!({"exec": {"command": ["/wait-shutdown"]}}), None),
             (json!({"exec": {"command": ["nodetool", "drain"]}}), None),
-            (json!({"httpGet": {"path": "/shutdown", "port": 8090}}), None),
+            (
+                json!({"httpGet": {"path": "/shutdown", "port": 8090}}),
+                None,
+            ),
             (json!({"exec": {"command": ["sleep", "-1"]}}), None),
             (json!({"exec": {"command": ["sleep", "infinity"]}}), None),
         ];

@@ -46,7 +46,11 @@ pub enum PreStopStyle {
 impl PreStopStyle {
     /// The style a cluster of this `major.minor` version supports: native from 1.30 on.
     pub fn for_version(major: u32, minor: u32) -> Self {
-        if (major, minor) >= (1, 30) { Self::NativeSleep } else { Self::Exec }
+        if (major, minor) >= (1, 30) {
+            Self::NativeSleep
+        } else {
+            Self::Exec
+        }
     }
 }
 
@@ -120,7 +124,11 @@ impl Summary {
             .containers
             .iter()
             .map(|container| {
-                let changes: Vec<&str> = container.changes.iter().map(|change| change.label()).collect();
+                let changes: Vec<&str> = container
+                    .changes
+                    .iter()
+                    .map(|change| change.label())
+                    .collect();
                 format!("{}:{}", container.name, changes.join(","))
             })
             .collect();
@@ -137,10 +145,11 @@ impl Summary {
     /// with how many times it happened.
     pub fn change_counts(&self) -> Vec<(&'static str, u64)> {
         let mut counts: Vec<(&'static str, u64)> = Vec::new();
-        let mut bump = |label: &'static str| match counts.iter_mut().find(|(seen, _)| *seen == label) {
-            Some((_, count)) => *count += 1,
-            None => counts.push((label, 1)),
-        };
+        let mut bump =
+            |label: &'static str| match counts.iter_mut().find(|(seen, _)| *seen == label) {
+                Some((_, count)) => *count += 1,
+                None => counts.push((label, 1)),
+            };
         for container in &self.containers {
             for change in &container.changes {
                 bump(change.label());
@@ -214,14 +223,20 @@ pub fn mutate(pod: &Value, context: &Context<'_>) -> Result<Mutation, EngineErro
         ..Summary::default()
     };
     if !pod.is_object() {
-        return Err(EngineError::Malformed("the object is not a JSON object".to_owned()));
+        return Err(EngineError::Malformed(
+            "the object is not a JSON object".to_owned(),
+        ));
     }
 
     let annotations = pod.pointer("/metadata/annotations");
     let labels = pod.pointer("/metadata/labels");
     if let Some(reason) = scope::skip_pod(pod, annotations, labels, context) {
         summary.skipped = Some(reason);
-        return Ok(Mutation { patch: Patch::default(), warnings: warnings.into_inner(), summary });
+        return Ok(Mutation {
+            patch: Patch::default(),
+            warnings: warnings.into_inner(),
+            summary,
+        });
     }
     let spec = pod
         .get("spec")
@@ -238,7 +253,14 @@ pub fn mutate(pod: &Value, context: &Context<'_>) -> Result<Mutation, EngineErro
     let mut longest_prestop = 0;
     for target in &targets {
         let mut changes = Vec::new();
-        probes::inject(target, &settings, policy, &mut builder, &mut changes, &mut warnings)?;
+        probes::inject(
+            target,
+            &settings,
+            policy,
+            &mut builder,
+            &mut changes,
+            &mut warnings,
+        )?;
         let sleep = lifecycle::inject_prestop(
             target,
             prestop_seconds,
@@ -248,22 +270,37 @@ pub fn mutate(pod: &Value, context: &Context<'_>) -> Result<Mutation, EngineErro
         )?;
         longest_prestop = longest_prestop.max(sleep);
         if !changes.is_empty() {
-            summary.containers.push(ContainerChanges { name: target.name.to_owned(), changes });
+            summary.containers.push(ContainerChanges {
+                name: target.name.to_owned(),
+                changes,
+            });
         }
     }
     if !targets.is_empty() {
-        summary.grace = lifecycle::raise_grace(spec, longest_prestop + settings.shutdown_seconds, &mut builder)?;
+        summary.grace = lifecycle::raise_grace(
+            spec,
+            longest_prestop + settings.shutdown_seconds,
+            &mut builder,
+        )?;
     }
     summary.gates = gates.add;
     builder.append(
         &["spec".into(), "readinessGates".into()],
-        summary.gates.iter().map(|gate| serde_json::json!({ "conditionType": gate })).collect(),
+        summary
+            .gates
+            .iter()
+            .map(|gate| serde_json::json!({ "conditionType": gate }))
+            .collect(),
     )?;
 
     let changed = summary.changed();
     if changed {
         builder.set(
-            &["metadata".into(), "annotations".into(), Step::Key(MUTATED_ANNOTATION)],
+            &[
+                "metadata".into(),
+                "annotations".into(),
+                Step::Key(MUTATED_ANNOTATION),
+            ],
             Value::String(summary.record()),
         )?;
     }
@@ -275,7 +312,11 @@ pub fn mutate(pod: &Value, context: &Context<'_>) -> Result<Mutation, EngineErro
     } else {
         builder.finish()
     };
-    Ok(Mutation { patch, warnings: warnings.into_inner(), summary })
+    Ok(Mutation {
+        patch,
+        warnings: warnings.into_inner(),
+        summary,
+    })
 }
 
 /// Warnings, each cut to [`MAX_WARNING_CHARS`] and none twice.
@@ -324,7 +365,12 @@ pub(crate) struct Target<'a> {
 impl Target<'_> {
     /// The path of a field of this container.
     pub fn path<'s>(&self, field: &'s str) -> [Step<'s>; 4] {
-        [Step::Key("spec"), Step::Key(self.list), Step::Index(self.index), Step::Key(field)]
+        [
+            Step::Key("spec"),
+            Step::Key(self.list),
+            Step::Index(self.index),
+            Step::Key(field),
+        ]
     }
 }
 

@@ -26,10 +26,24 @@ pub(crate) fn inject(
     changes: &mut Vec<Change>,
     warnings: &mut Warnings,
 ) -> Result<(), EngineError> {
-    let wanted = [settings.probes.readiness, settings.probes.startup, settings.probes.liveness];
-    let specs = [&policy.probes.readiness, &policy.probes.startup, &policy.probes.liveness];
+    let wanted = [
+        settings.probes.readiness,
+        settings.probes.startup,
+        settings.probes.liveness,
+    ];
+    let specs = [
+        &policy.probes.readiness,
+        &policy.probes.startup,
+        &policy.probes.liveness,
+    ];
     let missing: Vec<usize> = (0..KINDS.len())
-        .filter(|&kind| wanted[kind] && target.container.get(KINDS[kind].0).is_none_or(Value::is_null))
+        .filter(|&kind| {
+            wanted[kind]
+                && target
+                    .container
+                    .get(KINDS[kind].0)
+                    .is_none_or(Value::is_null)
+        })
         .collect();
     if missing.is_empty() {
         return Ok(());
@@ -37,7 +51,10 @@ pub(crate) fn inject(
     let port = match probe_port(target, &settings.probe_port) {
         Ok(port) => port,
         Err(reason) => {
-            warnings.push_fmt(format_args!("container {:?}: {reason}; no probe injected", target.name));
+            warnings.push_fmt(format_args!(
+                "container {:?}: {reason}; no probe injected",
+                target.name
+            ));
             return Ok(());
         }
     };
@@ -52,13 +69,25 @@ pub(crate) fn inject(
 
 /// The probe's port as it will be written: a number or a name of the container's.
 fn probe_port(target: &Target<'_>, configured: &ProbePort) -> Result<Value, String> {
-    let ports: &[Value] = target.container.get("ports").and_then(Value::as_array).map_or(&[], Vec::as_slice);
-    let is_tcp = |port: &&Value| port.get("protocol").and_then(Value::as_str).is_none_or(|p| p == "TCP");
+    let ports: &[Value] = target
+        .container
+        .get("ports")
+        .and_then(Value::as_array)
+        .map_or(&[], Vec::as_slice);
+    let is_tcp = |port: &&Value| {
+        port.get("protocol")
+            .and_then(Value::as_str)
+            .is_none_or(|p| p == "TCP")
+    };
     let name_of = |port: &Value| port.get("name").and_then(Value::as_str).map(str::to_owned);
     match configured {
         ProbePort::Number(number) => Ok(json!(number)),
         ProbePort::Name(name) => {
-            if ports.iter().filter(is_tcp).any(|port| name_of(port).as_deref() == Some(name.as_str())) {
+            if ports
+                .iter()
+                .filter(is_tcp)
+                .any(|port| name_of(port).as_deref() == Some(name.as_str()))
+            {
                 Ok(json!(name))
             } else {
                 Err(format!("port {name:?} is not a TCP containerPort name"))
@@ -82,7 +111,12 @@ fn probe_port(target: &Target<'_>, configured: &ProbePort) -> Result<Value, Stri
     }
 }
 
-fn build(spec: &ProbeSpec, annotation_path: Option<&str>, port: &Value, single_success: bool) -> Value {
+fn build(
+    spec: &ProbeSpec,
+    annotation_path: Option<&str>,
+    port: &Value,
+    single_success: bool,
+) -> Value {
     let path = annotation_path.unwrap_or(&spec.path);
     let http = match spec.handler {
         ProbeHandler::Auto => !path.is_empty(),

@@ -42,8 +42,14 @@ pub(crate) fn skip_pod(
 ) -> Option<SkipReason> {
     let annotation = |key: &str| annotations.and_then(|map| map.get(key));
     let pod_inject = annotation(settings::INJECT).and_then(Value::as_str);
-    let namespace_inject = context.namespace.annotations.get(settings::INJECT).map(String::as_str);
-    let label_inject = labels.and_then(|map| map.get(settings::INJECT)).and_then(Value::as_str);
+    let namespace_inject = context
+        .namespace
+        .annotations
+        .get(settings::INJECT)
+        .map(String::as_str);
+    let label_inject = labels
+        .and_then(|map| map.get(settings::INJECT))
+        .and_then(Value::as_str);
     if settings::opted_out(pod_inject.or(namespace_inject)) || settings::opted_out(label_inject) {
         return Some(SkipReason::OptedOut);
     }
@@ -58,7 +64,10 @@ pub(crate) fn skip_pod(
 
 /// The kinds that own the pod: its ownerReferences, or for a template the chain from its
 /// workload (a CronJob's pods belong to a Job, a Deployment's to a ReplicaSet).
-fn owner_kinds<'a>(pod: &'a Value, workload_kind: Option<&'a str>) -> impl Iterator<Item = &'a str> {
+fn owner_kinds<'a>(
+    pod: &'a Value,
+    workload_kind: Option<&'a str>,
+) -> impl Iterator<Item = &'a str> {
     let references = pod
         .pointer("/metadata/ownerReferences")
         .and_then(Value::as_array)
@@ -70,7 +79,9 @@ fn owner_kinds<'a>(pod: &'a Value, workload_kind: Option<&'a str>) -> impl Itera
         Some("Deployment") => &["ReplicaSet"],
         _ => &[],
     };
-    references.chain(workload_kind).chain(implied.iter().copied())
+    references
+        .chain(workload_kind)
+        .chain(implied.iter().copied())
 }
 
 /// The containers the engine looks after: the pod's list when `gracegate.io/containers`
@@ -88,14 +99,27 @@ pub(crate) fn containers<'a>(
     let Some(wanted) = &settings.containers else {
         return Ok(regular
             .into_iter()
-            .filter(|target| !policy.skip.containers.iter().any(|skip| skip == target.name))
+            .filter(|target| {
+                !policy
+                    .skip
+                    .containers
+                    .iter()
+                    .any(|skip| skip == target.name)
+            })
             .collect());
     };
     let sidecars = init.into_iter().filter(|target| {
-        target.container.get("restartPolicy").and_then(Value::as_str) == Some("Always")
+        target
+            .container
+            .get("restartPolicy")
+            .and_then(Value::as_str)
+            == Some("Always")
     });
-    let chosen: Vec<Target<'a>> =
-        regular.into_iter().chain(sidecars).filter(|target| wanted.contains(&target.name)).collect();
+    let chosen: Vec<Target<'a>> = regular
+        .into_iter()
+        .chain(sidecars)
+        .filter(|target| wanted.contains(&target.name))
+        .collect();
     for name in wanted {
         if !chosen.iter().any(|target| target.name == *name) {
             warnings.push_fmt(format_args!(
@@ -121,8 +145,15 @@ fn list<'a>(spec: &'a Value, key: &'static str) -> Result<Option<Vec<Target<'a>>
                 .as_object()
                 .and_then(|fields| fields.get("name"))
                 .and_then(Value::as_str)
-                .ok_or_else(|| EngineError::Malformed(format!("spec.{key}[{index}] has no name")))?;
-            Ok(Target { list: key, index, name, container })
+                .ok_or_else(|| {
+                    EngineError::Malformed(format!("spec.{key}[{index}] has no name"))
+                })?;
+            Ok(Target {
+                list: key,
+                index,
+                name,
+                container,
+            })
         })
         .collect::<Result<Vec<_>, _>>()
         .map(Some)

@@ -49,7 +49,11 @@ impl Settings<'_> {
             return 0;
         }
         if behind_alb {
-            policy.readiness_gates.alb.pre_stop_seconds.max(policy.pre_stop.seconds)
+            policy
+                .readiness_gates
+                .alb
+                .pre_stop_seconds
+                .max(policy.pre_stop.seconds)
         } else {
             policy.pre_stop.seconds
         }
@@ -72,13 +76,18 @@ pub(crate) fn resolve<'a>(
     warnings: &mut Warnings,
 ) -> Settings<'a> {
     let policy = &context.policy.spec;
-    let lookup = Lookup { pod: pod_annotations, namespace: &context.namespace.annotations };
+    let lookup = Lookup {
+        pod: pod_annotations,
+        namespace: &context.namespace.annotations,
+    };
 
     let prestop_override = lookup.parse(PRESTOP_SECONDS, warnings, |text| {
         seconds(text, policy::MAX_PRESTOP_SECONDS)
     });
     let shutdown_seconds = lookup
-        .parse(SHUTDOWN_SECONDS, warnings, |text| seconds(text, policy::MAX_SHUTDOWN_SECONDS))
+        .parse(SHUTDOWN_SECONDS, warnings, |text| {
+            seconds(text, policy::MAX_SHUTDOWN_SECONDS)
+        })
         .unwrap_or(policy.shutdown.seconds);
     let probe_path = lookup.parse(PROBE_PATH, warnings, |text| {
         if text.starts_with('/') && !text.contains(char::is_whitespace) {
@@ -89,19 +98,37 @@ pub(crate) fn resolve<'a>(
     });
     let probe_port = lookup
         .parse(PROBE_PORT, warnings, |text| {
-            ProbePort::parse(text).map_err(|_| "is not Auto, a port number (1-65535) or a port name")
+            ProbePort::parse(text)
+                .map_err(|_| "is not Auto, a port number (1-65535) or a port name")
         })
         .unwrap_or_else(|| policy.probes.port.clone());
-    let probes = lookup.parse(PROBES, warnings, probe_kinds).unwrap_or(ProbeKinds {
-        readiness: policy.probes.readiness.enabled,
-        startup: policy.probes.startup.enabled,
-        liveness: policy.probes.liveness.enabled,
-    });
+    let probes = lookup
+        .parse(PROBES, warnings, probe_kinds)
+        .unwrap_or(ProbeKinds {
+            readiness: policy.probes.readiness.enabled,
+            startup: policy.probes.startup.enabled,
+            liveness: policy.probes.liveness.enabled,
+        });
     let containers = lookup.parse(CONTAINERS, warnings, |text| {
-        let names: Vec<&str> = text.split(',').map(str::trim).filter(|name| !name.is_empty()).collect();
-        if names.is_empty() { Err("names no container") } else { Ok(names) }
+        let names: Vec<&str> = text
+            .split(',')
+            .map(str::trim)
+            .filter(|name| !name.is_empty())
+            .collect();
+        if names.is_empty() {
+            Err("names no container")
+        } else {
+            Ok(names)
+        }
     });
-    Settings { prestop_override, shutdown_seconds, probe_path, probe_port, probes, containers }
+    Settings {
+        prestop_override,
+        shutdown_seconds,
+        probe_path,
+        probe_port,
+        probes,
+        containers,
+    }
 }
 
 /// Annotations of the pod, then of its namespace.
@@ -119,13 +146,18 @@ impl<'a> Lookup<'a> {
         warnings: &mut Warnings,
         parse: impl Fn(&'a str) -> Result<T, &'static str>,
     ) -> Option<T> {
-        let from_pod = self.pod.and_then(|annotations| annotations.get(key)).and_then(Value::as_str);
+        let from_pod = self
+            .pod
+            .and_then(|annotations| annotations.get(key))
+            .and_then(Value::as_str);
         let from_namespace = self.namespace.get(key).map(String::as_str);
         for (origin, text) in [("pod", from_pod), ("namespace", from_namespace)] {
             let Some(text) = text else { continue };
             match parse(text) {
                 Ok(value) => return Some(value),
-                Err(reason) => warnings.push_fmt(format_args!("{origin} annotation {key}={text:?} {reason}; ignored")),
+                Err(reason) => warnings.push_fmt(format_args!(
+                    "{origin} annotation {key}={text:?} {reason}; ignored"
+                )),
             }
         }
         None
@@ -141,7 +173,11 @@ fn seconds(text: &str, max: i64) -> Result<i64, &'static str> {
 }
 
 fn probe_kinds(text: &str) -> Result<ProbeKinds, &'static str> {
-    let mut kinds = ProbeKinds { readiness: false, startup: false, liveness: false };
+    let mut kinds = ProbeKinds {
+        readiness: false,
+        startup: false,
+        liveness: false,
+    };
     if text.trim() == "none" {
         return Ok(kinds);
     }
