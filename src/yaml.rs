@@ -66,7 +66,7 @@ pub fn parse_documents(text: &str) -> Result<Vec<Document>, YamlError> {
                 content_start = None;
             }
             Event::DocumentEnd => {
-                let end = bytes.of(span.end.index()).max(previous_end);
+                let end = bytes.of(span.start.index()).max(previous_end);
                 let value = std::mem::take(&mut builder).finish().map_err(at)?;
                 let content_start = content_start.unwrap_or(end);
                 documents.push(Document {
