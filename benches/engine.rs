@@ -1,1 +1,2 @@
+//! Engine benchmarks (being written).
 fn main() {}

@@ -329,10 +329,10 @@ pub fn resolve_plain(text: &str) -> Value {
     if let Some(number) = integer(text) {
         return Value::Number(number);
     }
-    if is_float(text) {
-        if let Some(number) = text.parse::<f64>().ok().and_then(Number::from_f64) {
-            return Value::Number(number);
-        }
+    if is_float(text)
+        && let Some(number) = text.parse::<f64>().ok().and_then(Number::from_f64)
+    {
+        return Value::Number(number);
     }
     Value::String(text.to_owned())
 }
