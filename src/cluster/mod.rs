@@ -1,0 +1,1 @@
+//! Watches of the cluster that keep gracegate's [`crate::view::ClusterView`] current (being written).
