@@ -346,6 +346,27 @@ mod tests {
     }
 
     #[test]
+    fn dry_run_is_answered_the_same() {
+        let cluster = ClusterView::default();
+        let mut body: Value = serde_json::from_slice(&review_of("CREATE", "pods", pod())).unwrap();
+        let wet = review(
+            &serde_json::to_vec(&body).unwrap(),
+            &cluster,
+            FailureMode::Open,
+        )
+        .unwrap();
+        body["request"]["dryRun"] = json!(true);
+        let dry = review(
+            &serde_json::to_vec(&body).unwrap(),
+            &cluster,
+            FailureMode::Open,
+        )
+        .unwrap();
+        assert_eq!(dry.outcome, Outcome::Mutated);
+        assert_eq!(dry.body, wet.body);
+    }
+
+    #[test]
     fn everything_but_pod_create_passes_through() {
         let cluster = ClusterView::default();
         for (operation, resource) in [

@@ -215,3 +215,31 @@ fn older_clusters_get_an_exec_sleep() {
         &documents[1].value["spec"]["template"]["spec"]["containers"][0]["lifecycle"]["preStop"];
     assert_eq!(hook["exec"]["command"], serde_json::json!(["sleep", "30"]));
 }
+
+#[test]
+fn certs_writes_a_ca_and_a_serving_pair_and_prints_the_ca_bundle() {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().unwrap();
+    let out = gracegate(
+        &[
+            "certs",
+            "--service",
+            "gracegate",
+            "--namespace",
+            "platform",
+            "--out",
+            dir.path().to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let ca = std::fs::read_to_string(dir.path().join("ca.crt")).unwrap();
+    let printed = base64::engine::general_purpose::STANDARD
+        .decode(text(&out.stdout).trim())
+        .unwrap();
+    assert_eq!(String::from_utf8(printed).unwrap(), ca);
+    let cert = std::fs::read_to_string(dir.path().join("tls.crt")).unwrap();
+    assert!(cert.starts_with("-----BEGIN CERTIFICATE-----"));
+    let key = std::fs::read_to_string(dir.path().join("tls.key")).unwrap();
+    assert!(key.starts_with("-----BEGIN PRIVATE KEY-----"));
+}

@@ -575,3 +575,35 @@ fn sigterm_keeps_serving_for_the_delay_then_exits_0() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_review_round_trip() {
+    let test = TestServer::start(ClusterView::default()).await;
+    let client = client(&[&test.bundle.ca_pem], Http::One);
+    let body =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/review.json")).unwrap();
+    let (status, answer) = post(&client, &test.url("/mutate"), body.clone()).await;
+    assert_eq!(status, StatusCode::OK);
+    let answer: Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(
+        answer["response"]["uid"],
+        "1b9d6bcd-bbfd-4b2d-9b5d-ab8dfbbd4bed"
+    );
+    let patch = patch_of(&answer["response"]).unwrap();
+    let review: Value = serde_json::from_slice(&body).unwrap();
+    let mut pod = review["request"]["object"].clone();
+    json_patch::patch(&mut pod, &patch).unwrap();
+    // No ALB in standalone mode: the policy's 10 s preStop, grace 30 (already enough).
+    assert_eq!(
+        pod["metadata"]["annotations"]["gracegate.io/mutated"],
+        "server:startup,prestop"
+    );
+    assert_eq!(
+        pod["spec"]["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"],
+        10
+    );
+    assert_eq!(
+        pod["spec"]["containers"][0]["readinessProbe"]["httpGet"]["path"],
+        "/_healthz"
+    );
+}
