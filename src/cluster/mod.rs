@@ -6,8 +6,10 @@
 //! - `policies`: file and cluster GracePolicies, the last valid version of each, and their
 //!   `Valid` status condition (pure);
 //! - `sync`: what watch events and errors mean for readiness and ALB gates (pure);
+//! - `refresh`: watch items to sync reports, throttled rebuilds and status writes (no
+//!   network, driven by tests through hand-filled reflector stores);
 //! - `version`: `/version` to the preStop style;
-//! - `watch`: the reflectors and the debounced rebuild loop.
+//! - `watch`: the reflectors and the loop around `refresh`.
 //!
 //! Decisions, for operators:
 //! - a cluster GracePolicy with the name of a `--policy-file` policy takes its place while it
@@ -19,15 +21,17 @@
 
 mod objects;
 mod policies;
+mod refresh;
 mod sync;
 mod version;
 mod watch;
 
 pub use objects::{Bindings, Built, ClusterObjects, ViewBuilder};
 pub use policies::{InForce, Outcome, PolicyReport, VALID_CONDITION, Verdict, status_patch};
+pub use refresh::DEBOUNCE;
 pub use sync::Resource;
 pub use version::{prestop_style, version_of};
-pub use watch::{DEBOUNCE, grace_policy_resource, target_group_binding_resource, watch};
+pub use watch::{grace_policy_resource, target_group_binding_resource, watch};
 
 use crate::policy::PolicyError;
 

@@ -158,6 +158,8 @@ impl PolicyBook {
         }
         self.last_good.retain(|name, _| verdicts.contains_key(name));
 
+        // A cluster policy replaces the file policy of the same name (see the type's doc for
+        // why): file first, cluster over it.
         let mut in_force = self.file.clone();
         in_force.extend(
             self.last_good

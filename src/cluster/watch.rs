@@ -1,38 +1,29 @@
 //! The kube part: reflectors of Namespaces, Services, TargetGroupBindings and GracePolicies,
-//! a view rebuilt from their stores at most once per [`DEBOUNCE`], and best-effort `Valid`
-//! conditions on GracePolicies.
+//! the loop that feeds their events to the refresher, and the best-effort writes of the
+//! GracePolicies' `Valid` condition.
 //!
-//! Everything that decides something lives in the pure modules ([`super::sync`],
-//! [`super::objects`], [`super::policies`]); this file only moves objects and events between
-//! the API server and them.
+//! Everything that decides something lives in the modules without network (`sync`,
+//! `objects`, `policies`, `refresh`); this file only moves objects and events between the
+//! API server and them.
 
-use std::collections::HashMap;
 use std::pin::{Pin, pin};
-use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
-use kube::runtime::reflector::{self, Store, store::Writer};
+use kube::runtime::reflector::{self, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
-use serde_json::Value;
 use tokio::task::{JoinError, JoinSet};
 use tokio::time::Instant;
 
 use super::ClusterError;
-use super::objects::{Bindings, Built, ClusterObjects, ViewBuilder};
-use super::policies::{Outcome, Verdict, status_patch};
-use super::sync::{Health, Resource, Signal, SyncState, signal};
+use super::objects::ViewBuilder;
+use super::refresh::{Item, Refresher, StatusWrite, Stores};
+use super::sync::{Resource, Signal, signal};
 use crate::engine::PreStopStyle;
 use crate::policy::{self, GracePolicy};
 use crate::view::ClusterView;
-
-/// Longest wait between a change in the cluster and the view that shows it. A rollout or a
-/// namespace-wide relabel is a burst of hundreds of events in a second; one rebuild per
-/// 200 ms keeps that to a handful of rebuilds, while a single change shows up well within
-/// the time the API server takes to create the pods it concerns.
-pub const DEBOUNCE: Duration = Duration::from_millis(200);
 
 /// Field manager of the status patches gracegate writes.
 const FIELD_MANAGER: &str = "gracegate";
@@ -60,8 +51,8 @@ pub fn grace_policy_resource() -> ApiResource {
 }
 
 /// Watches the cluster and publishes a [`ClusterView`] after every change, at most once per
-/// [`DEBOUNCE`]. Runs until a watch stream ends, which kube's watchers never do on their own
-/// (they retry with backoff), so in practice until the future is dropped.
+/// [`super::DEBOUNCE`]. Runs until a watch stream ends, which kube's watchers never do on
+/// their own (they retry with backoff), so in practice until the future is dropped.
 ///
 /// - `file_policies`: the `--policy-file` policies; a cluster GracePolicy of the same name
 ///   takes their place while it exists (see [`super::PolicyReport`]).
@@ -83,18 +74,15 @@ pub async fn watch(
     publish: impl Fn(ClusterView) + Send + Sync + 'static,
     synced: impl Fn(&'static str, bool) + Send + Sync + 'static,
 ) -> Result<(), ClusterError> {
-    let mut builder = ViewBuilder::new(file_policies, prestop_style)?;
-    for resource in Resource::ALL {
-        synced(resource.name(), false);
-    }
+    let builder = ViewBuilder::new(file_policies, prestop_style)?;
     // Served from the API server's watch cache rather than a quorum read of etcd: every
     // gracegate replica lists everything at start and after every desync.
     let config = watcher::Config::default().any_semantic();
     let bindings_resource = target_group_binding_resource();
     let policies_resource = grace_policy_resource();
 
-    // managedFields (and a Service's annotations, often a whole kubectl last-applied copy)
-    // are never read; dropping them roughly halves what the stores hold.
+    // managedFields (and a Service's annotations, often a whole kubectl last-applied copy,
+    // and status) are never read and are often most of an object: the stores drop them.
     let (namespaces, writer) = reflector::store::<Namespace>();
     let mut namespace_events = pin!(
         watcher(Api::<Namespace>::all(client.clone()), config.clone())
@@ -140,13 +128,8 @@ pub async fn watch(
         bindings,
         policies,
     };
-    let mut state = SyncState::default();
-    let mut rebuild_at: Option<Instant> = None;
-    let mut published = false;
+    let mut refresher = Refresher::new(builder, stores, publish, synced);
     let mut status_writes: JoinSet<(String, Result<(), kube::Error>)> = JoinSet::new();
-    // The last verdict written (or attempted) per policy: a write that fails for want of RBAC
-    // is not retried on every rebuild, only when the verdict changes.
-    let mut written: HashMap<String, Verdict> = HashMap::new();
     loop {
         let wake = tokio::select! {
             item = next_item(&mut namespace_events) => {
@@ -156,75 +139,26 @@ pub async fn watch(
                 Wake::Stream(Resource::Services, observe(Resource::Services, item))
             }
             item = next_item(&mut binding_events) => {
-                Wake::Stream(Resource::TargetGroupBindings, observe(Resource::TargetGroupBindings, item))
+                Wake::Stream(
+                    Resource::TargetGroupBindings,
+                    observe(Resource::TargetGroupBindings, item),
+                )
             }
             item = next_item(&mut policy_events) => {
                 Wake::Stream(Resource::GracePolicies, observe(Resource::GracePolicies, item))
             }
-            () = tokio::time::sleep_until(rebuild_at.unwrap_or_else(Instant::now)),
-                if rebuild_at.is_some() => Wake::Rebuild,
+            () = tokio::time::sleep_until(refresher.rebuild_at().unwrap_or_else(Instant::now)),
+                if refresher.rebuild_at().is_some() => Wake::Rebuild,
             Some(joined) = status_writes.join_next(), if !status_writes.is_empty() => {
                 Wake::StatusWritten(joined)
             }
         };
         match wake {
-            Wake::Stream(resource, Item::Ended) => {
-                return Err(ClusterError::WatchEnded {
-                    resource: resource.name(),
-                });
-            }
-            Wake::Stream(_, Item::Ignored) => {}
-            Wake::Stream(resource, Item::Signal(signal)) => {
-                let transition = state.apply(resource, signal);
-                if let Some(now_synced) = transition.synced {
-                    tracing::info!(
-                        resource = resource.name(),
-                        synced = now_synced,
-                        "cache sync changed"
-                    );
-                    synced(resource.name(), now_synced);
-                }
-                if let Some(health) = &transition.health {
-                    log_health(resource, health);
-                }
-                // Throttle rather than debounce: a steady stream of events must not put the
-                // rebuild off forever.
-                if transition.rebuild && state.ready() && rebuild_at.is_none() {
-                    rebuild_at = Some(Instant::now() + DEBOUNCE);
-                }
-            }
+            Wake::Stream(resource, item) => refresher.on_item(resource, item, Instant::now())?,
             Wake::Rebuild => {
-                rebuild_at = None;
-                let built = builder.build(&stores.objects(&state));
-                log_policies(&built);
-                if *state.health(Resource::GracePolicies) == Health::Listed {
-                    write_statuses(
-                        &built,
-                        &stores.policies,
-                        &policy_api,
-                        &mut written,
-                        &mut status_writes,
-                    );
+                for write in refresher.rebuild(Timestamp::now()) {
+                    status_writes.spawn(write_status(policy_api.clone(), write));
                 }
-                let view = built.view;
-                if published {
-                    tracing::debug!(
-                        namespaces = view.namespaces.len(),
-                        alb_namespaces = view.alb.len(),
-                        policies = view.policies.policies().len(),
-                        "cluster view updated"
-                    );
-                } else {
-                    published = true;
-                    tracing::info!(
-                        namespaces = view.namespaces.len(),
-                        alb_namespaces = view.alb.len(),
-                        policies = view.policies.policies().len(),
-                        alb_unavailable = view.alb_unavailable.as_deref(),
-                        "cluster view ready"
-                    );
-                }
-                publish(view);
             }
             Wake::StatusWritten(Ok((name, Ok(())))) => {
                 tracing::debug!(policy = %name, "GracePolicy status written");
@@ -233,7 +167,8 @@ pub async fn watch(
                 tracing::warn!(
                     policy = %name,
                     %error,
-                    "cannot write the GracePolicy's Valid condition (needs patch on gracepolicies/status); the verdict stands"
+                    "cannot write the GracePolicy's Valid condition (needs patch on \
+                     gracepolicies/status); the verdict stands"
                 );
             }
             Wake::StatusWritten(Err(error)) => {
@@ -247,55 +182,26 @@ pub async fn watch(
 enum Wake {
     /// A watch stream yielded (or ended).
     Stream(Resource, Item),
-    /// The debounce delay is over.
+    /// The throttle delay is over.
     Rebuild,
     /// A status write finished.
     StatusWritten(Result<(String, Result<(), kube::Error>), JoinError>),
 }
 
-/// A watch stream item, reduced.
-enum Item {
-    /// The stream ended.
-    Ended,
-    /// An event of a (re)list in progress.
-    Ignored,
-    /// Something the sync state needs to hear.
-    Signal(Signal),
-}
-
-/// The readers of the four reflectors.
-struct Stores {
-    namespaces: Store<Namespace>,
-    services: Store<Service>,
-    bindings: Store<DynamicObject>,
-    policies: Store<DynamicObject>,
-}
-
-impl Stores {
-    /// What the stores hold, with TargetGroupBindings and GracePolicies as their health says:
-    /// an absent CRD has no objects, whatever a store kept from before it was deleted.
-    fn objects(&self, state: &SyncState) -> ClusterObjects {
-        let bindings = match state.health(Resource::TargetGroupBindings) {
-            Health::Listed => Bindings::Known(self.bindings.state()),
-            Health::Absent => Bindings::Known(Vec::new()),
-            Health::Failed(reason) => {
-                Bindings::Unavailable(format!("TargetGroupBinding watch: {reason}"))
-            }
-            Health::Pending => {
-                Bindings::Unavailable("TargetGroupBindings not listed yet".to_owned())
-            }
-        };
-        let policies = match state.health(Resource::GracePolicies) {
-            Health::Absent => Vec::new(),
-            _ => self.policies.state(),
-        };
-        ClusterObjects {
-            namespaces: self.namespaces.state(),
-            services: self.services.state(),
-            bindings,
-            policies,
-        }
-    }
+/// Writes one `Valid` condition; the caller logs the outcome.
+async fn write_status(
+    api: Api<DynamicObject>,
+    write: StatusWrite,
+) -> (String, Result<(), kube::Error>) {
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PatchParams::default()
+    };
+    let result = api
+        .patch_status(&write.name, &params, &Patch::Merge(&write.patch))
+        .await
+        .map(|_| ());
+    (write.name, result)
 }
 
 /// The next item of a watch stream.
@@ -310,90 +216,81 @@ fn observe<K>(resource: Resource, item: Option<Result<watcher::Event<K>, watcher
     let Some(item) = item else {
         return Item::Ended;
     };
-    if let Err(error) = &item {
-        // The watcher retries with backoff (0.8 s doubling to 30 s), so this is at most one
-        // line per retry.
-        tracing::warn!(resource = resource.name(), %error, "watch error; retrying");
-    }
-    match signal(item) {
-        Some(signal) => Item::Signal(signal),
-        None => Item::Ignored,
-    }
-}
-
-fn log_health(resource: Resource, health: &Health) {
-    let resource = resource.name();
-    match health {
-        Health::Listed => tracing::info!(resource, "listed"),
-        Health::Absent => tracing::info!(
-            resource,
-            "the CRD is not installed: treating it as having no objects, and retrying"
-        ),
-        Health::Failed(reason) if resource == Resource::TargetGroupBindings.name() => {
-            tracing::warn!(resource, %reason, "ALB readiness gates are off until the watch recovers");
-        }
-        Health::Failed(reason) => tracing::warn!(resource, %reason, "cannot list"),
-        Health::Pending => {}
-    }
-}
-
-fn log_policies(built: &Built) {
-    for verdict in &built.policies.changed {
-        let policy = verdict.name.as_str();
-        let generation = verdict.generation;
-        match &verdict.outcome {
-            Outcome::Accepted { overrides_file } => {
-                tracing::info!(policy, generation, overrides_file, "GracePolicy accepted")
+    let error = item.as_ref().err().map(ToString::to_string);
+    let Some(signal) = signal(item) else {
+        return Item::Ignored;
+    };
+    if let Some(error) = error {
+        let resource = resource.name();
+        match signal {
+            // A missing CRD is retried with the same backoff (up to every 30 s) for as long
+            // as gracegate runs; `refresh` says it once, at info.
+            Signal::NotFound | Signal::Desynced => {
+                tracing::debug!(resource, %error, "watch error; retrying");
             }
-            Outcome::Rejected { reason, in_force } => tracing::warn!(
-                policy,
-                generation,
-                %reason,
-                in_force = ?in_force,
-                "GracePolicy rejected"
-            ),
+            _ => tracing::warn!(resource, %error, "watch error; retrying"),
         }
     }
-    for policy in &built.policies.removed {
-        tracing::info!(policy = %policy, "GracePolicy removed");
-    }
+    Item::Signal(signal)
 }
 
-/// Starts a status write for every policy whose `Valid` condition does not say its verdict.
-fn write_statuses(
-    built: &Built,
-    store: &Store<DynamicObject>,
-    api: &Api<DynamicObject>,
-    written: &mut HashMap<String, Verdict>,
-    writes: &mut JoinSet<(String, Result<(), kube::Error>)>,
-) {
-    let objects = store.state();
-    let statuses: HashMap<String, Option<&Value>> = objects
-        .iter()
-        .map(|object| (object.name_any(), object.data.get("status")))
-        .collect();
-    written.retain(|name, _| statuses.contains_key(name));
-    for verdict in &built.policies.verdicts {
-        if written.get(&verdict.name) == Some(verdict) {
-            continue;
-        }
-        let current = statuses.get(&verdict.name).copied().flatten();
-        let Some(patch) = status_patch(verdict, current, Timestamp::now()) else {
-            continue;
-        };
-        written.insert(verdict.name.clone(), verdict.clone());
-        let api = api.clone();
-        let name = verdict.name.clone();
-        writes.spawn(async move {
-            let params = PatchParams {
-                field_manager: Some(FIELD_MANAGER.to_owned()),
-                ..PatchParams::default()
-            };
-            let result = api
-                .patch_status(&name, &params, &Patch::Merge(&patch))
-                .await
-                .map(|_| ());
-            (name, result)
-        });
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The server spawns the watch on its runtime: the future must be `Send + 'static`.
+    /// Checked by the compiler, never run.
+    fn _watch_can_be_spawned(client: Client) {
+        fn spawnable<T: Send + 'static>(_: &T) {}
+        let future = watch(
+            client,
+            Vec::new(),
+            PreStopStyle::NativeSleep,
+            |_| {},
+            |_, _| {},
+        );
+        spawnable(&future);
+    }
+
+    #[test]
+    fn resources_name_the_crds() {
+        let binding = target_group_binding_resource();
+        assert_eq!(
+            binding,
+            ApiResource::from_gvk_with_plural(
+                &kube::api::GroupVersionKind::gvk("elbv2.k8s.aws", "v1beta1", "TargetGroupBinding"),
+                "targetgroupbindings",
+            )
+        );
+        let policy = grace_policy_resource();
+        assert_eq!(
+            policy,
+            ApiResource::from_gvk_with_plural(
+                &kube::api::GroupVersionKind::gvk("gracegate.io", "v1alpha1", "GracePolicy"),
+                "gracepolicies",
+            )
+        );
+    }
+
+    #[test]
+    fn list_errors_of_a_missing_crd_are_not_failures() {
+        let status = kube::core::Status::failure(
+            "the server could not find the requested resource",
+            "NotFound",
+        )
+        .with_code(404)
+        .boxed();
+        let item: Option<Result<watcher::Event<()>, _>> = Some(Err(
+            watcher::Error::InitialListFailed(kube::Error::Api(status)),
+        ));
+        assert_eq!(
+            observe(Resource::TargetGroupBindings, item),
+            Item::Signal(Signal::NotFound)
+        );
+        assert_eq!(observe::<()>(Resource::Services, None), Item::Ended);
+        assert_eq!(
+            observe(Resource::Services, Some(Ok(watcher::Event::InitApply(())))),
+            Item::Ignored
+        );
     }
 }
