@@ -243,3 +243,30 @@ fn certs_writes_a_ca_and_a_serving_pair_and_prints_the_ca_bundle() {
     let key = std::fs::read_to_string(dir.path().join("tls.key")).unwrap();
     assert!(key.starts_with("-----BEGIN PRIVATE KEY-----"));
 }
+
+#[test]
+fn serve_without_a_cluster_says_how_to_run_standalone() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gracegate"))
+        .args([
+            "serve",
+            "--dev-certs",
+            dir.path().join("certs").to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .env("KUBECONFIG", dir.path().join("no-kubeconfig"))
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("cannot reach the cluster") && stderr.contains("--standalone"),
+        "{stderr}"
+    );
+}

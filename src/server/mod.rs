@@ -26,6 +26,7 @@ pub use tls::{CertificateWatch, ServingCertificate, TlsError};
 use crate::admission::FailureMode;
 use crate::certs;
 use crate::cli::ServeArgs;
+use crate::cluster;
 use crate::engine::PreStopStyle;
 use crate::policy::{GracePolicy, PolicySet};
 use crate::view::ClusterView;
@@ -49,6 +50,8 @@ pub struct Settings {
     pub key: PathBuf,
     /// Allow or deny pods when gracegate fails.
     pub failure: FailureMode,
+    /// Whether a cluster watch will publish views: `/readyz` then waits for it.
+    pub cluster_watched: bool,
 }
 
 /// A running webhook.
@@ -67,18 +70,21 @@ pub struct Server {
 }
 
 impl Server {
-    /// Loads the certificate, binds both listeners and starts serving `cluster`. Caches are
-    /// taken as synced; a caller that watches a cluster says otherwise through
-    /// [`AppState::set_caches_synced`] before or after.
+    /// Loads the certificate, binds both listeners and starts serving `cluster`. With
+    /// [`Settings::cluster_watched`], the caller feeds [`AppState::publish_cluster`] and
+    /// [`AppState::set_cache_synced`] from its watch.
     pub async fn start(settings: Settings, cluster: ClusterView) -> anyhow::Result<Self> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let certificate = ServingCertificate::load(&settings.cert, &settings.key, provider)?;
-        let state = Arc::new(AppState::new(cluster, settings.failure));
+        let state = Arc::new(AppState::new(
+            cluster,
+            settings.failure,
+            settings.cluster_watched,
+        ));
         state
             .metrics
             .set_certificate_expiry(certificate.not_after());
         state.set_certificates_loaded();
-        state.set_caches_synced(true);
         let certificate_watch = {
             let state = state.clone();
             certificate.watch(CERTIFICATE_POLL, move |not_after| {
@@ -174,18 +180,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
         None => Vec::new(),
     };
-    if !args.standalone {
-        anyhow::bail!(
-            "watching a cluster is not built yet; run with --standalone (no namespaces, \
-             Services or TargetGroupBindings are known then)"
-        );
-    }
-    let prestop_style = args
-        .kubernetes_version
-        .map_or(PreStopStyle::NativeSleep, |version| {
-            PreStopStyle::for_version(version.major, version.minor)
-        });
-    let cluster = ClusterView::new(PolicySet::new(policies)?, prestop_style);
+    let client = if args.standalone {
+        None
+    } else {
+        Some(kube::Client::try_default().await.context(
+            "cannot reach the cluster (in-cluster config or KUBECONFIG); \
+             run with --standalone to serve without one",
+        )?)
+    };
+    // An explicit --kubernetes-version wins; else the API server says; standalone: native.
+    let prestop_style = match (args.kubernetes_version, &client) {
+        (Some(version), _) => PreStopStyle::for_version(version.major, version.minor),
+        (None, Some(client)) => cluster::prestop_style(client).await?,
+        (None, None) => PreStopStyle::NativeSleep,
+    };
+    let cluster = ClusterView::new(PolicySet::new(policies.clone())?, prestop_style);
     let settings = Settings {
         listen: args.listen,
         metrics_listen: args.metrics_listen,
@@ -196,8 +205,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         } else {
             FailureMode::Open
         },
+        cluster_watched: client.is_some(),
     };
     let server = Server::start(settings, cluster).await?;
+    if let Some(client) = client {
+        tokio::spawn(watch_cluster(
+            client,
+            policies,
+            prestop_style,
+            server.state().clone(),
+        ));
+    }
     tracing::info!(
         address = %server.address,
         metrics_address = %server.metrics_address,
@@ -214,6 +232,33 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     server.stop().await?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Keeps `state`'s view of the cluster current. Should the watch ever stop, readiness goes
+/// with it: a replica with a frozen view must not take traffic.
+async fn watch_cluster(
+    client: kube::Client,
+    policies: Vec<GracePolicy>,
+    prestop_style: PreStopStyle,
+    state: Arc<AppState>,
+) {
+    let publish = {
+        let state = state.clone();
+        move |view| state.publish_cluster(view)
+    };
+    let synced = {
+        let state = state.clone();
+        move |resource, synced| state.set_cache_synced(resource, synced)
+    };
+    let result = cluster::watch(client, policies, prestop_style, publish, synced).await;
+    let error = result
+        .err()
+        .map(|error| error.to_string())
+        .unwrap_or_default();
+    tracing::error!(%error, "the cluster watch stopped; not ready from now on");
+    for resource in cluster::Resource::ALL {
+        state.set_cache_synced(resource.name(), false);
+    }
 }
 
 /// Resolves on the first SIGTERM (the kubelet stopping the pod) or ctrl-c.

@@ -1,8 +1,9 @@
 //! The HTTP routes: `POST /mutate`, `GET /healthz`, `GET /readyz` on the webhook listener,
 //! `GET /metrics` on the metrics listener, and the state they share.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -27,6 +28,11 @@ pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 /// webhook registration, so the API server hears from gracegate before it gives up.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(4);
 
+/// The caches `/readyz` waits for when gracegate watches a cluster. TargetGroupBindings are
+/// not among them: while their watch fails, pods get everything but ALB gates (with a
+/// warning), which beats refusing to serve.
+const READINESS_CACHES: [&str; 3] = ["namespaces", "services", "gracepolicies"];
+
 /// What the handlers share.
 #[derive(Debug)]
 pub struct AppState {
@@ -37,19 +43,37 @@ pub struct AppState {
     /// Allow or deny a pod when gracegate fails.
     pub failure: FailureMode,
     certificates_loaded: AtomicBool,
-    caches_synced: AtomicBool,
+    caches: Mutex<Caches>,
     shutting_down: AtomicBool,
 }
 
+/// Where the cluster caches stand.
+#[derive(Debug)]
+struct Caches {
+    /// Synced or not, for each of [`READINESS_CACHES`] (empty in standalone mode).
+    synced: BTreeMap<&'static str, bool>,
+    /// Whether a view built from the watches has replaced the empty one.
+    published: bool,
+}
+
 impl AppState {
-    /// State for a server that answers from `cluster`.
-    pub fn new(cluster: ClusterView, failure: FailureMode) -> Self {
+    /// State for a server that answers from `cluster`. With `watched`, `/readyz` waits until
+    /// the cluster caches are synced and a view built from them is published.
+    pub fn new(cluster: ClusterView, failure: FailureMode, watched: bool) -> Self {
+        let caches = Caches {
+            synced: if watched {
+                READINESS_CACHES.iter().map(|name| (*name, false)).collect()
+            } else {
+                BTreeMap::new()
+            },
+            published: !watched,
+        };
         Self {
             cluster: ArcSwap::from_pointee(cluster),
             metrics: Metrics::new(),
             failure,
             certificates_loaded: AtomicBool::new(false),
-            caches_synced: AtomicBool::new(false),
+            caches: Mutex::new(caches),
             shutting_down: AtomicBool::new(false),
         }
     }
@@ -59,9 +83,22 @@ impl AppState {
         self.certificates_loaded.store(true, Ordering::Release);
     }
 
-    /// Marks the cluster caches as synced (or not).
-    pub fn set_caches_synced(&self, synced: bool) {
-        self.caches_synced.store(synced, Ordering::Release);
+    /// Records whether the cache of `resource` is synced, for `/readyz` and the metrics.
+    pub fn set_cache_synced(&self, resource: &'static str, synced: bool) {
+        self.metrics.set_cache_synced(resource, synced);
+        if let Ok(mut caches) = self.caches.lock()
+            && let Some(slot) = caches.synced.get_mut(resource)
+        {
+            *slot = synced;
+        }
+    }
+
+    /// Swaps in a view built from the cluster's objects.
+    pub fn publish_cluster(&self, view: ClusterView) {
+        self.cluster.store(Arc::new(view));
+        if let Ok(mut caches) = self.caches.lock() {
+            caches.published = true;
+        }
     }
 
     /// From now on `/readyz` fails, so endpoints drop this replica while it keeps serving.
@@ -72,14 +109,16 @@ impl AppState {
     /// Why the server is not ready, if it is not.
     pub fn not_ready(&self) -> Option<&'static str> {
         if self.shutting_down.load(Ordering::Acquire) {
-            Some("shutting down")
-        } else if !self.certificates_loaded.load(Ordering::Acquire) {
-            Some("certificates not loaded")
-        } else if !self.caches_synced.load(Ordering::Acquire) {
-            Some("cluster caches not synced")
-        } else {
-            None
+            return Some("shutting down");
         }
+        if !self.certificates_loaded.load(Ordering::Acquire) {
+            return Some("certificates not loaded");
+        }
+        let caches_ready = self
+            .caches
+            .lock()
+            .is_ok_and(|caches| caches.published && caches.synced.values().all(|synced| *synced));
+        (!caches_ready).then_some("cluster caches not synced")
     }
 }
 
@@ -207,7 +246,11 @@ mod tests {
     use tower::ServiceExt as _;
 
     fn state() -> Arc<AppState> {
-        Arc::new(AppState::new(ClusterView::default(), FailureMode::Open))
+        Arc::new(AppState::new(
+            ClusterView::default(),
+            FailureMode::Open,
+            false,
+        ))
     }
 
     async fn call(router: Router, request: Request<Body>) -> (StatusCode, String) {
@@ -219,9 +262,24 @@ mod tests {
         (status, String::from_utf8_lossy(&body).into_owned())
     }
 
+    #[test]
+    fn readiness_caches_are_watched_resources() {
+        let watched: Vec<&str> = crate::cluster::Resource::ALL
+            .iter()
+            .map(|resource| resource.name())
+            .collect();
+        for name in READINESS_CACHES {
+            assert!(watched.contains(&name), "{name}");
+        }
+    }
+
     #[tokio::test]
     async fn readiness_follows_certificates_caches_and_shutdown() {
-        let state = state();
+        let state = Arc::new(AppState::new(
+            ClusterView::default(),
+            FailureMode::Open,
+            true,
+        ));
         let readyz = || Request::get("/readyz").body(Body::empty()).unwrap();
         let (status, body) = call(router(state.clone()), readyz()).await;
         assert_eq!(
@@ -229,13 +287,27 @@ mod tests {
             (StatusCode::SERVICE_UNAVAILABLE, "certificates not loaded\n")
         );
         state.set_certificates_loaded();
-        let (_, body) = call(router(state.clone()), readyz()).await;
-        assert_eq!(body, "cluster caches not synced\n");
-        state.set_caches_synced(true);
+        let not_synced = "cluster caches not synced\n";
+        assert_eq!(call(router(state.clone()), readyz()).await.1, not_synced);
+        for resource in READINESS_CACHES {
+            state.set_cache_synced(resource, true);
+        }
+        // Synced, but the view built from the caches is not in yet.
+        assert_eq!(call(router(state.clone()), readyz()).await.1, not_synced);
+        state.publish_cluster(ClusterView::default());
         assert_eq!(
             call(router(state.clone()), readyz()).await.0,
             StatusCode::OK
         );
+        // A failing TargetGroupBinding watch does not hold readiness back; the others do.
+        state.set_cache_synced("targetgroupbindings", false);
+        assert_eq!(
+            call(router(state.clone()), readyz()).await.0,
+            StatusCode::OK
+        );
+        state.set_cache_synced("services", false);
+        assert_eq!(call(router(state.clone()), readyz()).await.1, not_synced);
+        state.set_cache_synced("services", true);
         state.begin_shutdown();
         let (status, body) = call(router(state.clone()), readyz()).await;
         assert_eq!(
@@ -243,7 +315,16 @@ mod tests {
             (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
         );
         let healthz = Request::get("/healthz").body(Body::empty()).unwrap();
-        assert_eq!(call(router(state), healthz).await.0, StatusCode::OK);
+        assert_eq!(call(router(state.clone()), healthz).await.0, StatusCode::OK);
+        let (_, text) = call(
+            metrics_router(state),
+            Request::get("/metrics").body(Body::empty()).unwrap(),
+        )
+        .await;
+        assert!(
+            text.contains(r#"gracegate_cache_synced{resource="targetgroupbindings"} 0"#),
+            "{text}"
+        );
     }
 
     #[tokio::test]

@@ -62,6 +62,7 @@ pub fn settings(cert: PathBuf, key: PathBuf) -> Settings {
         cert,
         key,
         failure: FailureMode::Open,
+        cluster_watched: false,
     }
 }
 
