@@ -97,7 +97,8 @@ pub struct ServeArgs {
     /// Run without a cluster: no namespaces, Services or TargetGroupBindings are known.
     #[arg(long, env = "GRACEGATE_STANDALONE")]
     pub standalone: bool,
-    /// Kubernetes version assumed in standalone mode (decides the preStop handler).
+    /// Kubernetes version, which decides the preStop handler (native sleep from 1.30 on).
+    /// Default: the API server's `/version`; in standalone mode, native sleep.
     #[arg(long, env = "GRACEGATE_KUBERNETES_VERSION")]
     pub kubernetes_version: Option<KubernetesVersion>,
     /// How long to keep serving after SIGTERM, while endpoints drop the pod.
