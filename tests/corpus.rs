@@ -3,7 +3,9 @@
 //! pods are untouched, and a second pass changes nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 
 use gracegate::cli::OutputFormat;
 use gracegate::engine::{PreStopStyle, own_sleep_seconds};
@@ -12,21 +14,10 @@ use gracegate::yaml;
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use serde_json::Value;
 
-fn corpus_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus")
-}
-
 /// Each workload file with its Services appended, as one input.
 fn corpus_inputs() -> Vec<(String, String)> {
     let mut inputs = Vec::new();
-    let mut names: Vec<PathBuf> = std::fs::read_dir(corpus_dir())
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "yaml"))
-        .filter(|path| !path.to_string_lossy().ends_with("-services.yaml"))
-        .collect();
-    names.sort();
-    for path in names {
+    for path in common::workload_files() {
         let mut text = std::fs::read_to_string(&path).unwrap();
         let services = path.with_file_name(
             path.file_name()
@@ -43,7 +34,6 @@ fn corpus_inputs() -> Vec<(String, String)> {
             text,
         ));
     }
-    assert_eq!(inputs.len(), 38, "the corpus has 38 workload files");
     inputs
 }
 
@@ -279,7 +269,7 @@ fn vendored_corpus_matches_shared() {
     };
     for entry in entries {
         let path = entry.unwrap().path();
-        let vendored = corpus_dir().join(path.file_name().unwrap());
+        let vendored = common::corpus_dir().join(path.file_name().unwrap());
         assert_eq!(
             std::fs::read(&path).unwrap(),
             std::fs::read(&vendored).unwrap_or_default(),

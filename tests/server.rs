@@ -106,15 +106,8 @@ async fn every_corpus_pod_is_answered_over_http1_and_h2() {
 
 /// The patch `gracegate mutate` gives each corpus template, relative to the template.
 fn corpus_offline_patches() -> Vec<(String, json_patch::Patch)> {
-    let mut files: Vec<_> = std::fs::read_dir(common::corpus_dir())
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "yaml"))
-        .filter(|path| !path.to_string_lossy().ends_with("-services.yaml"))
-        .collect();
-    files.sort();
     let mut patches = Vec::new();
-    for file in files {
+    for file in common::workload_files() {
         let text = std::fs::read_to_string(&file).unwrap();
         let outcomes =
             manifests::process(&text, &file, Vec::new(), PreStopStyle::NativeSleep).unwrap();

@@ -106,8 +106,8 @@ pub struct CorpusPod {
     pub pod: Value,
 }
 
-/// Every pod template of the corpus, as the pod its controller would create.
-pub fn corpus_pods() -> Vec<CorpusPod> {
+/// The corpus files with workloads (not the `*-services.yaml` beside them), sorted.
+pub fn workload_files() -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(corpus_dir())
         .unwrap()
         .map(|entry| entry.unwrap().path())
@@ -115,8 +115,14 @@ pub fn corpus_pods() -> Vec<CorpusPod> {
         .filter(|path| !path.to_string_lossy().ends_with("-services.yaml"))
         .collect();
     files.sort();
+    assert_eq!(files.len(), 38, "the corpus has 38 workload files");
+    files
+}
+
+/// Every pod template of the corpus, as the pod its controller would create.
+pub fn corpus_pods() -> Vec<CorpusPod> {
     let mut pods = Vec::new();
-    for file in files {
+    for file in workload_files() {
         let text = std::fs::read_to_string(&file).unwrap();
         for document in yaml::parse_documents(&text).unwrap() {
             let object = document.value;
