@@ -12,10 +12,12 @@ use serde_json::{Map, Value};
 
 /// A path the patch cannot reach.
 #[derive(Debug, thiserror::Error)]
-#[error("{path} is not an object, so {child} cannot be set under it")]
+#[error("{path} is not {expected}, so {child} cannot be set under it")]
 pub struct PathError {
     /// The JSON Pointer of the offending node.
     pub path: String,
+    /// What the node would have to be: `an object` or `a list`.
+    pub expected: &'static str,
     /// The key that was to be set under it.
     pub child: String,
 }
@@ -81,6 +83,10 @@ impl<'a> PatchBuilder<'a> {
                 (_, _) => {
                     return Err(PathError {
                         path: pointer(&path[..depth]).to_string(),
+                        expected: match step {
+                            Step::Key(_) => "an object",
+                            Step::Index(_) => "a list",
+                        },
                         child: pointer(&path[depth..=depth]).to_string(),
                     });
                 }
@@ -112,7 +118,8 @@ impl<'a> PatchBuilder<'a> {
         Ok(())
     }
 
-    /// Appends `values` to the array at `path`, creating the array when it is missing.
+    /// Appends `values` to the array at `path`, creating the array when it is missing (or
+    /// `null`). Anything else there is an error: replacing it would drop what the user wrote.
     pub fn append(&mut self, path: &[Step<'_>], values: Vec<Value>) -> Result<(), PathError> {
         if values.is_empty() {
             return Ok(());
@@ -133,7 +140,12 @@ impl<'a> PatchBuilder<'a> {
                 }
                 Ok(())
             }
-            _ => self.set(path, Value::Array(values)),
+            None | Some(Value::Null) => self.set(path, Value::Array(values)),
+            Some(_) => Err(PathError {
+                path: pointer(path).to_string(),
+                expected: "a list",
+                child: "-".to_owned(),
+            }),
         }
     }
 
@@ -287,6 +299,23 @@ mod tests {
             let gates = out["spec"]["readinessGates"].as_array().unwrap();
             assert_eq!(gates.last().unwrap()["conditionType"], "c");
         }
+    }
+
+    #[test]
+    fn append_to_a_non_list_is_an_error() {
+        let pod = json!({"spec": {"readinessGates": {"conditionType": "a"}}});
+        let mut builder = PatchBuilder::new(&pod);
+        let error = builder
+            .append(
+                &["spec".into(), "readinessGates".into()],
+                vec![json!({"conditionType": "b"})],
+            )
+            .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "/spec/readinessGates is not a list, so - cannot be set under it"
+        );
+        assert!(builder.is_empty());
     }
 
     #[test]

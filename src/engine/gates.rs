@@ -68,8 +68,9 @@ pub(crate) fn plan(
                     let gate = format!("{ALB_GATE_PREFIX}{}", binding.name);
                     match check_condition_type(&gate) {
                         Ok(()) => wanted.push(gate),
+                        // The reason first: a name long enough to fail is cut from the end.
                         Err(reason) => warnings.push_fmt(format_args!(
-                            "TargetGroupBinding {:?} gives no valid gate ({reason})",
+                            "no ALB gate: {reason}, in TargetGroupBinding {:?}",
                             binding.name
                         )),
                     }

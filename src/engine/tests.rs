@@ -1079,7 +1079,7 @@ fn readiness_gates() {
             f.alb.bindings[0].name = "k".repeat(64);
         })
         .record("app-2048:readiness,startup,prestop")
-        .warns("\" gives no valid gate"),
+        .warns("no ALB gate: the name part must be 1 to 63 characters, in TargetGroupBinding"),
         case(
             "a failed ALB lookup: warning, the rest still done",
             game2048(),
@@ -1676,6 +1676,22 @@ fn malformed_pods_are_errors() {
         assert!(text.starts_with("malformed pod: "), "{name}: {text}");
         assert!(text.contains(expected), "{name}: {text} lacks {expected:?}");
     }
+
+    // Gates to add to readinessGates that is not a list: an error, not a replaced field.
+    let gated = Fixture {
+        policy: policy(json!({"readinessGates": {"extra": ["example.com/warmed-up"]}})),
+        ..Fixture::default()
+    };
+    let pod = with(
+        game2048(),
+        "/spec/readinessGates",
+        json!({"conditionType": "mine"}),
+    );
+    let error = mutate(&pod, &gated.context()).unwrap_err().to_string();
+    assert!(
+        error.contains("/spec/readinessGates is not a list"),
+        "{error}"
+    );
 }
 
 #[test]
