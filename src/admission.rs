@@ -452,4 +452,86 @@ mod tests {
             Err(InvalidReview::NotJson(_))
         ));
     }
+
+    /// Any JSON value anywhere a real review has one gets an answer or a reason, never a panic.
+    mod no_input_panics {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn json_value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                any::<f64>().prop_map(Value::from),
+                "[a-z/~.:-]{0,12}".prop_map(Value::from),
+            ];
+            leaf.prop_recursive(4, 32, 6, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
+                    prop::collection::btree_map(
+                        prop_oneof![
+                            "[a-z]{1,8}",
+                            Just("name".to_owned()),
+                            Just("containers".to_owned()),
+                            Just("ports".to_owned()),
+                            Just("lifecycle".to_owned()),
+                            Just("readinessGates".to_owned()),
+                            Just("annotations".to_owned()),
+                        ],
+                        inner,
+                        0..6
+                    )
+                    .prop_map(|map| Value::Object(map.into_iter().collect())),
+                ]
+            })
+        }
+
+        const PLACES: &[&str] = &[
+            "/request/object",
+            "/request/object/metadata",
+            "/request/object/metadata/annotations",
+            "/request/object/metadata/labels",
+            "/request/object/metadata/ownerReferences",
+            "/request/object/spec",
+            "/request/object/spec/containers",
+            "/request/object/spec/containers/0",
+            "/request/object/spec/containers/0/ports",
+            "/request/object/spec/containers/0/lifecycle",
+            "/request/object/spec/initContainers",
+            "/request/object/spec/readinessGates",
+            "/request/object/spec/terminationGracePeriodSeconds",
+            "/request/namespace",
+            "/request/uid",
+            "/request",
+        ];
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn any_value_anywhere(place in 0..PLACES.len(), value in json_value()) {
+                let mut document: Value =
+                    serde_json::from_slice(&review_of("CREATE", "pods", pod())).unwrap();
+                if let Some(slot) = document.pointer_mut(PLACES[place]) {
+                    *slot = value;
+                }
+                let body = serde_json::to_vec(&document).unwrap();
+                for failure in [FailureMode::Open, FailureMode::Closed] {
+                    if let Ok(answer) = review(&body, &ClusterView::default(), failure) {
+                        let answered: Value = serde_json::from_slice(&answer.body).unwrap();
+                        prop_assert_eq!(&answered["response"]["uid"], &document["request"]["uid"]);
+                        // An engine panic is caught, but is a bug all the same.
+                        let error = answer.error.unwrap_or_default();
+                        prop_assert!(!error.contains("internal error"), "{}", error);
+                    }
+                }
+            }
+
+            #[test]
+            fn any_bytes(body in prop::collection::vec(any::<u8>(), 0..512)) {
+                let _ = review(&body, &ClusterView::default(), FailureMode::Open);
+            }
+        }
+    }
 }

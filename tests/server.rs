@@ -560,6 +560,22 @@ fn sigterm_keeps_serving_for_the_delay_then_exits_0() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0), "exit status");
     let lines = log.join().unwrap();
+    // Each review is one structured line.
+    let review = lines
+        .iter()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .find(|event| event["message"] == "review")
+        .expect("no review in the log");
+    assert_eq!(review["uid"], "term");
+    assert_eq!(review["namespace"], "shop");
+    assert_eq!(review["operation"], "CREATE");
+    let metadata = &corpus_pods()[0].pod["metadata"];
+    let name = metadata.get("name").unwrap_or(&metadata["generateName"]);
+    assert_eq!(&review["pod"], name, "{review}");
+    assert!(
+        review["outcome"].is_string() && review["latency_us"].is_u64(),
+        "{review}"
+    );
     for message in ["shutting down: not ready, still serving", "stopped"] {
         assert!(
             lines.iter().any(|line| line.contains(message)),
@@ -599,4 +615,42 @@ async fn the_readme_review_round_trip() {
         pod["spec"]["containers"][0]["readinessProbe"]["httpGet"]["path"],
         "/_healthz"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_1_2_and_1_3_are_served_with_alpn() {
+    let test = TestServer::start(ClusterView::default()).await;
+    let ca = der_of(&test.bundle.ca_pem);
+    for (version, alpn, expected) in [
+        (
+            &rustls::version::TLS12,
+            b"http/1.1".as_slice(),
+            reqwest::Version::HTTP_11,
+        ),
+        (
+            &rustls::version::TLS13,
+            b"h2".as_slice(),
+            reqwest::Version::HTTP_2,
+        ),
+    ] {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.clone().into()).unwrap();
+        let mut tls = rustls::ClientConfig::builder_with_protocol_versions(&[version])
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![alpn.to_vec()];
+        let mut builder = reqwest::Client::builder().use_preconfigured_tls(tls);
+        if expected == reqwest::Version::HTTP_2 {
+            builder = builder.http2_prior_knowledge();
+        }
+        let response = builder
+            .build()
+            .unwrap()
+            .get(test.url("/healthz"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{version:?}");
+        assert_eq!(response.version(), expected, "{version:?}");
+    }
 }

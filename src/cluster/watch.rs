@@ -6,7 +6,9 @@
 //! `objects`, `policies`, `refresh`); this file only moves objects and events between the
 //! API server and them.
 
-use std::pin::{Pin, pin};
+use std::pin::pin;
+
+use futures::StreamExt as _;
 
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::jiff::Timestamp;
@@ -132,19 +134,19 @@ pub async fn watch(
     let mut status_writes: JoinSet<(String, Result<(), kube::Error>)> = JoinSet::new();
     loop {
         let wake = tokio::select! {
-            item = next_item(&mut namespace_events) => {
+            item = namespace_events.next() => {
                 Wake::Stream(Resource::Namespaces, observe(Resource::Namespaces, item))
             }
-            item = next_item(&mut service_events) => {
+            item = service_events.next() => {
                 Wake::Stream(Resource::Services, observe(Resource::Services, item))
             }
-            item = next_item(&mut binding_events) => {
+            item = binding_events.next() => {
                 Wake::Stream(
                     Resource::TargetGroupBindings,
                     observe(Resource::TargetGroupBindings, item),
                 )
             }
-            item = next_item(&mut policy_events) => {
+            item = policy_events.next() => {
                 Wake::Stream(Resource::GracePolicies, observe(Resource::GracePolicies, item))
             }
             () = tokio::time::sleep_until(refresher.rebuild_at().unwrap_or_else(Instant::now)),
@@ -202,13 +204,6 @@ async fn write_status(
         .await
         .map(|_| ());
     (write.name, result)
-}
-
-/// The next item of a watch stream.
-// futures' `StreamExt::next` is the usual way, but futures is not a direct dependency; the
-// `WatchStreamExt` bound carries its supertrait `Stream`, and so `poll_next`.
-async fn next_item<S: WatchStreamExt + Unpin>(stream: &mut S) -> Option<S::Item> {
-    std::future::poll_fn(|context| Pin::new(&mut *stream).poll_next(context)).await
 }
 
 /// Logs a stream item that needs it and reduces it for the sync state.

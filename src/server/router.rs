@@ -327,6 +327,18 @@ mod tests {
         );
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_never_ends_gets_408_before_the_api_server_gives_up() {
+        let stalled =
+            Body::from_stream(futures::stream::pending::<Result<Bytes, std::io::Error>>());
+        let request = Request::post("/mutate").body(stalled).unwrap();
+        let started = tokio::time::Instant::now();
+        let (status, _) = call(router(state()), request).await;
+        assert_eq!(status, StatusCode::REQUEST_TIMEOUT);
+        // Measured on tokio's paused clock, which jumps straight to the timer.
+        assert_eq!(started.elapsed(), REQUEST_TIMEOUT);
+    }
+
     #[tokio::test]
     async fn bodies_over_the_limit_get_413_and_count_as_invalid() {
         let state = state();
