@@ -31,6 +31,18 @@ async fn post(
     (response.status(), response.bytes().await.unwrap().to_vec())
 }
 
+/// The review of the corpus's first pod (argo-cd's redis-ha haproxy), created in `shop`.
+fn first_pod_review(uid: &str) -> Vec<u8> {
+    serde_json::to_vec(&review(
+        uid,
+        "CREATE",
+        "pods",
+        "shop",
+        &corpus_pods()[0].pod,
+    ))
+    .unwrap()
+}
+
 /// The JSON Patch of a review response, decoded from base64.
 fn patch_of(response: &Value) -> Option<json_patch::Patch> {
     let text = response
@@ -218,14 +230,7 @@ async fn bad_bodies_get_4xx_and_the_server_keeps_serving() {
         ("random bytes", random, StatusCode::BAD_REQUEST),
         ("over 3 MiB", too_big, StatusCode::PAYLOAD_TOO_LARGE),
     ];
-    let good = serde_json::to_vec(&review(
-        "good",
-        "CREATE",
-        "pods",
-        "shop",
-        &corpus_pods()[0].pod,
-    ))
-    .unwrap();
+    let good = first_pod_review("good");
     for (name, body, expected) in cases {
         let (status, reason) = post(&client, &test.url("/mutate"), body).await;
         assert_eq!(status, expected, "{name}");
@@ -376,14 +381,7 @@ async fn certificate_rotation_by_symlink_swap_fails_no_request() {
     .await
     .unwrap();
     let url = format!("https://localhost:{}/mutate", server.address.port());
-    let body = serde_json::to_vec(&review(
-        "rotate",
-        "CREATE",
-        "pods",
-        "shop",
-        &corpus_pods()[0].pod,
-    ))
-    .unwrap();
+    let body = first_pod_review("rotate");
 
     // A new connection and a full handshake per request (no pooling, no TLS session
     // resumption, which would skip the certificate), so every request sees the certificate
@@ -492,14 +490,7 @@ fn sigterm_keeps_serving_for_the_delay_then_exits_0() {
         let client = client(&[&ca], Http::One);
         let url = format!("https://localhost:{port}/mutate");
         let readyz = format!("https://localhost:{port}/readyz");
-        let body = serde_json::to_vec(&review(
-            "term",
-            "CREATE",
-            "pods",
-            "shop",
-            &corpus_pods()[0].pod,
-        ))
-        .unwrap();
+        let body = first_pod_review("term");
         assert_eq!(
             client.get(&readyz).send().await.unwrap().status(),
             StatusCode::OK
