@@ -167,6 +167,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    // Before anything else: a SIGTERM during start-up must not kill the process unannounced.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot listen for SIGTERM")?;
     let (cert, key) = match (&args.tls_cert, &args.tls_key, &args.dev_certs) {
         (Some(cert), Some(key), _) => (cert.clone(), key.clone()),
         (_, _, Some(dir)) => certs::ensure_dev_certs(dir, &args.service, &args.namespace)?,
@@ -223,7 +226,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         "listening"
     );
 
-    shutdown_signal().await?;
+    shutdown_signal(&mut terminate).await?;
     let delay_ms = u64::try_from(args.shutdown_delay.as_millis()).unwrap_or(u64::MAX);
     tracing::info!(delay_ms, "shutting down: not ready, still serving");
     server.state().begin_shutdown();
@@ -262,9 +265,7 @@ async fn watch_cluster(
 }
 
 /// Resolves on the first SIGTERM (the kubelet stopping the pod) or ctrl-c.
-async fn shutdown_signal() -> anyhow::Result<()> {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot listen for SIGTERM")?;
+async fn shutdown_signal(terminate: &mut tokio::signal::unix::Signal) -> anyhow::Result<()> {
     tokio::select! {
         _ = terminate.recv() => tracing::info!(signal = "SIGTERM", "signal received"),
         result = tokio::signal::ctrl_c() => {
