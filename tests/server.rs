@@ -1,6 +1,6 @@
 //! `gracegate serve` over real HTTPS: a server on port 0 with fresh certificates, clients
 //! that verify them over HTTP/1.1 and h2, reviews built from every pod of the corpus, bad
-//! bodies, certificate rotation by symlink swap, SIGTERM, metrics.
+//! bodies, certificate rotation by symlink swap, SIGTERM and ctrl-c, metrics.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -441,6 +441,17 @@ async fn certificate_rotation_by_symlink_swap_fails_no_request() {
 
 #[test]
 fn sigterm_keeps_serving_for_the_delay_then_exits_0() {
+    stops_gracefully_on(nix::sys::signal::Signal::SIGTERM);
+}
+
+#[test]
+fn ctrl_c_keeps_serving_for_the_delay_then_exits_0() {
+    stops_gracefully_on(nix::sys::signal::Signal::SIGINT);
+}
+
+/// Starts the binary, loops requests, sends `signal`: `/readyz` turns 503, every request
+/// before the delay is over succeeds, the process exits 0.
+fn stops_gracefully_on(signal: nix::sys::signal::Signal) {
     common::install_crypto();
     let dir = tempfile::tempdir().unwrap();
     let delay = Duration::from_millis(1500);
@@ -512,11 +523,8 @@ fn sigterm_keeps_serving_for_the_delay_then_exits_0() {
                     .map_err(|error| format!("{error:?}")),
             ));
             if outcomes.len() == 20 {
-                nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(child.id() as i32),
-                    nix::sys::signal::Signal::SIGTERM,
-                )
-                .unwrap();
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal)
+                    .unwrap();
                 signalled_at = Some(started.elapsed());
             }
             if signalled_at.is_some()
@@ -531,7 +539,7 @@ fn sigterm_keeps_serving_for_the_delay_then_exits_0() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let signalled_at = signalled_at.unwrap();
-        assert!(saw_not_ready, "/readyz never turned 503 after SIGTERM");
+        assert!(saw_not_ready, "/readyz never turned 503 after {signal}");
         // Until the delay is over, the listener is open: every request before then succeeds.
         let window = signalled_at + delay - Duration::from_millis(200);
         let before: Vec<_> = outcomes.iter().filter(|(at, _)| *at < window).collect();
