@@ -248,7 +248,17 @@ fn mutate_pod(
     response
 }
 
-fn with_warnings(mut response: AdmissionResponse, warnings: Vec<String>) -> AdmissionResponse {
+/// Most warnings one response carries. kubectl prints each on its own line, and the API
+/// server may drop "large numbers of warnings"; a pod with fifty port-less containers should
+/// not flood the terminal with fifty lines saying the same thing.
+pub const MAX_WARNINGS: usize = 10;
+
+fn with_warnings(mut response: AdmissionResponse, mut warnings: Vec<String>) -> AdmissionResponse {
+    if warnings.len() > MAX_WARNINGS {
+        let hidden = warnings.len() - (MAX_WARNINGS - 1);
+        warnings.truncate(MAX_WARNINGS - 1);
+        warnings.push(format!("gracegate: {hidden} more warnings not shown"));
+    }
     if !warnings.is_empty() {
         response.warnings = Some(warnings);
     }
@@ -342,6 +352,31 @@ mod tests {
         assert_eq!(
             patched["metadata"]["annotations"]["gracegate.io/mutated"],
             "server:readiness,startup,prestop"
+        );
+    }
+
+    #[test]
+    fn warnings_are_capped() {
+        let containers: Vec<Value> = (0..30)
+            .map(|index| json!({"name": format!("worker-{index}"), "image": "busybox"}))
+            .collect();
+        let mut many = pod();
+        many["spec"]["containers"] = Value::Array(containers);
+        let answer = review(
+            &review_of("CREATE", "pods", many),
+            &ClusterView::default(),
+            FailureMode::Open,
+        )
+        .unwrap();
+        let warnings = response(&answer)["warnings"].as_array().unwrap().clone();
+        assert_eq!(warnings.len(), MAX_WARNINGS);
+        assert!(
+            warnings[0].as_str().unwrap().contains("worker-0"),
+            "{warnings:?}"
+        );
+        assert_eq!(
+            warnings[MAX_WARNINGS - 1],
+            "gracegate: 21 more warnings not shown"
         );
     }
 
