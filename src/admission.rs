@@ -274,20 +274,35 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     format!("internal error: {text}")
 }
 
+/// The response review as sent: kube's [`AdmissionResponse`] with `patch` as base64 text.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ResponseReview {
+    api_version: String,
+    kind: String,
+    response: Base64Patch,
+}
+
+#[derive(serde::Serialize)]
+struct Base64Patch {
+    #[serde(flatten)]
+    response: AdmissionResponse,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch: Option<String>,
+}
+
 /// Serializes the review with `patch` as base64 text.
 fn encode(mut response: AdmissionResponse) -> Vec<u8> {
-    let patch = response.patch.take();
-    let mut review = match serde_json::to_value(response.into_review()) {
-        Ok(review) => review,
-        // Only non-string map keys make serialization fail; the review has none.
-        Err(error) => unreachable!("an AdmissionReview always serializes: {error}"),
+    let patch = response
+        .patch
+        .take()
+        .map(|patch| base64::engine::general_purpose::STANDARD.encode(patch));
+    let review = ResponseReview {
+        api_version: response.types.api_version.clone(),
+        kind: response.types.kind.clone(),
+        response: Base64Patch { response, patch },
     };
-    if let (Some(patch), Some(Value::Object(fields))) = (patch, review.get_mut("response")) {
-        fields.insert(
-            "patch".to_owned(),
-            Value::String(base64::engine::general_purpose::STANDARD.encode(patch)),
-        );
-    }
+    // Only maps with non-string keys fail to serialize; a review has none.
     serde_json::to_vec(&review).unwrap_or_default()
 }
 
