@@ -61,9 +61,14 @@ pub enum TlsError {
     Watch(#[from] notify::Error),
 }
 
-/// A certificate and key pair as loaded, with what the metrics need.
+/// A certificate and key pair as loaded.
 struct Loaded {
     key: Arc<CertifiedKey>,
+    files: Files,
+}
+
+/// What the files of a loaded pair held, and when its certificate expires.
+struct Files {
     /// The PEM texts, to tell a real change from a touched file.
     cert_pem: Vec<u8>,
     key_pem: Vec<u8>,
@@ -77,8 +82,8 @@ pub struct ServingCertificate {
     key_path: PathBuf,
     provider: Arc<CryptoProvider>,
     current: ArcSwap<CertifiedKey>,
-    /// The PEM texts and expiry of `current`; the lock orders concurrent reloads.
-    loaded: Mutex<(Vec<u8>, Vec<u8>, i64)>,
+    /// The files of `current`; the lock orders concurrent reloads.
+    loaded: Mutex<Files>,
 }
 
 impl std::fmt::Debug for ServingCertificate {
@@ -103,13 +108,13 @@ impl ServingCertificate {
             key_path: key_path.to_owned(),
             provider,
             current: ArcSwap::new(loaded.key),
-            loaded: Mutex::new((loaded.cert_pem, loaded.key_pem, loaded.not_after)),
+            loaded: Mutex::new(loaded.files),
         }))
     }
 
     /// `notAfter` of the current certificate, in Unix seconds.
     pub fn not_after(&self) -> i64 {
-        self.loaded.lock().map_or(0, |loaded| loaded.2)
+        self.loaded.lock().map_or(0, |loaded| loaded.not_after)
     }
 
     /// Re-reads the files. Returns the new `notAfter` when the pair changed and was swapped
@@ -120,7 +125,7 @@ impl ServingCertificate {
         };
         let cert_pem = read(&self.cert_path)?;
         let key_pem = read(&self.key_path)?;
-        if cert_pem == loaded.0 && key_pem == loaded.1 {
+        if cert_pem == loaded.cert_pem && key_pem == loaded.key_pem {
             return Ok(None);
         }
         let fresh = parse_pair(
@@ -130,9 +135,10 @@ impl ServingCertificate {
             key_pem,
             &self.provider,
         )?;
+        let not_after = fresh.files.not_after;
         self.current.store(fresh.key);
-        *loaded = (fresh.cert_pem, fresh.key_pem, fresh.not_after);
-        Ok(Some(fresh.not_after))
+        *loaded = fresh.files;
+        Ok(Some(not_after))
     }
 
     /// A rustls server configuration that serves the current certificate: TLS 1.2 and 1.3,
@@ -292,9 +298,11 @@ fn parse_pair(
         })?;
     Ok(Loaded {
         key: Arc::new(key),
-        cert_pem,
-        key_pem,
-        not_after,
+        files: Files {
+            cert_pem,
+            key_pem,
+            not_after,
+        },
     })
 }
 
