@@ -208,20 +208,7 @@ fn mutate_pod(
         .unwrap_or_else(|panic| Err(engine::EngineError::Malformed(panic_message(&panic))));
     let mutation = match result {
         Ok(mutation) => mutation,
-        Err(error) => {
-            answer.outcome = Outcome::Error;
-            let message = error.to_string();
-            answer.error = Some(message.clone());
-            return match failure {
-                FailureMode::Open => with_warnings(
-                    response,
-                    vec![truncate_warning(&format!(
-                        "gracegate: pod admitted unchanged: {message}"
-                    ))],
-                ),
-                FailureMode::Closed => response.deny(format!("gracegate: {message}")),
-            };
-        }
+        Err(error) => return failed(response, answer, failure, error.to_string()),
     };
     let summary = &mutation.summary;
     answer.outcome = if summary.skipped.is_some() {
@@ -233,18 +220,39 @@ fn mutate_pod(
     } else {
         Outcome::Unchanged
     };
-    let mut response = with_warnings(response, mutation.warnings);
-    if !mutation.patch.is_empty() {
-        response = match response.clone().with_patch(mutation.patch) {
-            Ok(patched) => patched,
-            Err(error) => {
-                answer.outcome = Outcome::Error;
-                answer.error = Some(error.to_string());
-                response
-            }
-        };
-    }
     answer.summary = Some(mutation.summary);
+    if mutation.patch.is_empty() {
+        return with_warnings(response, mutation.warnings);
+    }
+    // `with_patch` takes the response; it fails only on a patch that does not serialize.
+    match response
+        .clone()
+        .with_patch(mutation.patch)
+        .map(|patched| with_warnings(patched, mutation.warnings))
+    {
+        Ok(patched) => patched,
+        Err(error) => failed(response, answer, failure, error.to_string()),
+    }
+}
+
+/// The answer when gracegate fails on a pod: allowed unchanged with a warning, or denied.
+fn failed(
+    response: AdmissionResponse,
+    answer: &mut Answer,
+    failure: FailureMode,
+    message: String,
+) -> AdmissionResponse {
+    answer.outcome = Outcome::Error;
+    let response = match failure {
+        FailureMode::Open => with_warnings(
+            response,
+            vec![truncate_warning(&format!(
+                "gracegate: pod admitted unchanged: {message}"
+            ))],
+        ),
+        FailureMode::Closed => response.deny(format!("gracegate: {message}")),
+    };
+    answer.error = Some(message);
     response
 }
 
